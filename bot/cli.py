@@ -1,0 +1,86 @@
+"""``petition-bot``: run (long polling), migrate, chat (the bot in a terminal).
+
+Only wiring lives here: settings → logging → database → dispatcher → run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from bot.settings import Settings, SettingsError, load_settings
+from dialogs.bureau import BureauConfig, BureauConfigError, load_bureau_config
+from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
+
+log = logging.getLogger("bot")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petition-bot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="serve Telegram by long polling (needs PETITION_BOT_TOKEN)")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    chat = sub.add_parser("chat", help="talk to the bot in this terminal (no token, no network)")
+    chat.add_argument("--user-id", type=int, default=1001, help="the simulated citizen's Telegram id")
+    chat.add_argument("--language", choices=["zh", "en"], default=None,
+                      help="the simulated Telegram client's language (default: PETITION_DEFAULT_LOCALE)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        bureau = load_bureau_config(settings.bureau_config)
+    except (SettingsError, BureauConfigError) as exc:
+        print(f"petition-bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=settings.log_level if args.command != "chat" else "WARNING",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+        if args.command == "chat":
+            from bot.chat import run_chat
+
+            return asyncio.run(run_chat(settings, bureau, user_id=args.user_id,
+                                        language=args.language or settings.default_locale))
+        if not settings.bot_token:
+            print("petition-bot: PETITION_BOT_TOKEN: required for `run` "
+                  "(try `petition-bot chat` to use the bot without Telegram)", file=sys.stderr)
+            return EXIT_CONFIG
+        from bot.polling import run_polling
+
+        return asyncio.run(run_polling(settings, bureau))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _migrate(settings: Settings) -> int:
+    engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    print("database is up to date")
+    return 0
+
+
+async def open_database(settings: Settings) -> tuple:  # type: ignore[type-arg]
+    """Engine and sessionmaker; the embedded SQLite is migrated on start."""
+    engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    if is_sqlite(settings.database_url):
+        await migrate(engine)
+    return engine, create_sessionmaker(engine)
+
+
+__all__ = ["main", "open_database", "BureauConfig"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

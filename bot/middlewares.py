@@ -1,0 +1,163 @@
+"""The update pipeline: one chat at a time, each update once, one transaction,
+replies after the commit.
+
+For every update, in order:
+1. wait for the chat's turn (a lock that exists only while someone holds or
+   waits for it, so no per-chat structure outlives its updates);
+2. open one session and transaction; record the update id — if it was already
+   recorded, the update is a redelivery and nothing else happens;
+3. load (or create) the citizen's row and pick the locale;
+4. run the handler, which only computes and stages replies;
+5. commit; then send the staged replies and answer the callback query.
+A failure rolls everything back and the citizen is asked to send again: the
+state is exactly what it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from aiogram import BaseMiddleware, Bot
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import CallbackQuery, Message, TelegramObject, Update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.render import Markup, OutMessage, render
+from dialogs.i18n import normalize_locale, t
+from dialogs.messages import Reply
+from storage.models import CitizenSession
+from storage.repositories import citizen_session, claim_update
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class KeyedLocks:
+    """asyncio locks by key, each dropped as soon as nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: int) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+
+class Responder:
+    """Replies staged during an update, sent only after its commit."""
+
+    def __init__(self, chat_id: int | None, locale: str) -> None:
+        self.chat_id = chat_id
+        self.locale = locale
+        self.messages: list[OutMessage] = []
+        self.callback: CallbackQuery | None = None
+        self.callback_text: str | None = None
+
+    def reply(self, *replies: Reply) -> None:
+        for reply in replies:
+            self.messages.extend(render(reply, self.locale))
+
+    def say(self, key: str, markup: Markup | None = None, **params: Any) -> None:
+        self.messages.append(OutMessage(t(self.locale, key, **params), markup))
+
+    async def flush(self, bot: Bot) -> None:
+        if self.callback is not None:
+            try:
+                await self.callback.answer(self.callback_text)
+            except TelegramAPIError as exc:  # a stale query must not block the replies
+                log.warning("callback answer failed: %s", exc)
+        if self.chat_id is None:
+            return
+        for message in self.messages:
+            await bot.send_message(self.chat_id, message.text, reply_markup=message.markup)
+
+
+def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:
+    """(chat id, user id, chat type, language code) of an update."""
+    event: TelegramObject | None = update.event
+    if isinstance(event, Message):
+        user = event.from_user
+        return event.chat.id, user.id if user else None, event.chat.type, user.language_code if user else None
+    if isinstance(event, CallbackQuery):
+        message = event.message
+        chat_id = message.chat.id if message is not None else event.from_user.id
+        chat_type = message.chat.type if message is not None else "private"
+        return chat_id, event.from_user.id, chat_type, event.from_user.language_code
+    return None, None, None, None
+
+
+class UpdatePipeline(BaseMiddleware):
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], clock: Clock,
+                 default_locale: str) -> None:
+        self.sessionmaker = sessionmaker
+        self.clock = clock
+        self.default_locale = default_locale
+        self.locks = KeyedLocks()
+
+    async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+                       event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, Update)
+        bot: Bot = data["bot"]
+        chat_id, user_id, chat_type, language = _chat_and_user(event)
+        key = chat_id if chat_id is not None else 0
+        async with self.locks.hold(key):
+            responder = Responder(chat_id, self.default_locale)
+            data["responder"] = responder
+            try:
+                result = await self._in_transaction(handler, event, data, responder,
+                                                    chat_id, user_id, chat_type, language)
+            except Exception:
+                log.exception("update %s failed; rolled back", event.update_id)
+                await self._apologise(bot, chat_id, chat_type, responder.locale)
+                return None
+            await responder.flush(bot)
+            return result
+
+    async def _in_transaction(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+                              event: Update, data: dict[str, Any], responder: Responder,
+                              chat_id: int | None, user_id: int | None, chat_type: str | None,
+                              language: str | None) -> Any:
+        now = self.clock()
+        async with self.sessionmaker() as session, session.begin():
+            if not await claim_update(session, event.update_id, now):
+                log.info("update %s already processed; skipped", event.update_id)
+                return None
+            data["session"] = session
+            data["now"] = now
+            if chat_type == "private" and user_id is not None and chat_id is not None:
+                citizen = await citizen_session(session, user_id, lock=True)
+                if citizen is None:
+                    locale = normalize_locale(language) if language else self.default_locale
+                    citizen = CitizenSession(user_id=user_id, chat_id=chat_id, locale=locale,
+                                             state=None, data={}, awaiting=None, updated_at=now)
+                    session.add(citizen)
+                else:
+                    citizen.updated_at = now
+                data["citizen"] = citizen
+                responder.locale = citizen.locale
+            return await handler(event, data)
+
+    async def _apologise(self, bot: Bot, chat_id: int | None, chat_type: str | None, locale: str) -> None:
+        if chat_id is None or chat_type != "private":
+            return
+        try:
+            await bot.send_message(chat_id, t(locale, "retry_later"))
+        except TelegramAPIError as exc:
+            log.warning("could not tell chat about the failure: %s", exc)

@@ -1,0 +1,104 @@
+"""Channel-neutral replies → Telegram messages (HTML text and keyboards)."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from aiogram.types import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+)
+
+from bot.callbacks import IntakeButton, MenuAction, MenuButton
+from dialogs.i18n import t
+from dialogs.messages import Keyboard, Reply
+
+#: Telegram's limit, counted on the text after entity parsing.
+MESSAGE_LIMIT = 4096
+
+Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    text: str
+    markup: Markup | None = None
+
+
+def visible_length(text: str) -> int:
+    """Length as Telegram counts it: without tags, entities decoded."""
+    return len(html.unescape(_TAG.sub("", text)))
+
+
+def split_blocks(blocks: list[str], limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Join blocks with newlines into as few messages as fit, breaking only
+    between blocks (a summary is split between its fields, never inside one)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for block in blocks:
+        length = visible_length(block)
+        if current and size + 1 + length > limit:
+            chunks.append("\n".join(current))
+            current, size = [], 0
+        current.append(block)
+        size += length + (1 if size else 0)
+    if current:
+        chunks.append("\n".join(current))
+    return chunks
+
+
+def inline_keyboard(keyboard: Keyboard, locale: str) -> InlineKeyboardMarkup:
+    rows = [
+        [InlineKeyboardButton(
+            text=button.label if button.label is not None else t(locale, button.label_key or ""),
+            callback_data=IntakeButton(step=keyboard.step, value=button.value).pack())
+         for button in row]
+        for row in keyboard.rows
+    ]
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def contact_keyboard(locale: str) -> ReplyKeyboardMarkup:
+    return ReplyKeyboardMarkup(
+        keyboard=[[KeyboardButton(text=t(locale, "button.share_phone"), request_contact=True)]],
+        resize_keyboard=True, one_time_keyboard=True)
+
+
+def render(reply: Reply, locale: str) -> list[OutMessage]:
+    texts = split_blocks([t(locale, block.key, **block.params) for block in reply.blocks])
+    markup: Markup | None = None
+    if reply.keyboard is not None:
+        markup = inline_keyboard(reply.keyboard, locale)
+    elif reply.request_contact:
+        markup = contact_keyboard(locale)
+    elif reply.remove_keyboard:
+        markup = ReplyKeyboardRemove()
+    return [OutMessage(text) for text in texts[:-1]] + [OutMessage(texts[-1], markup)]
+
+
+def main_menu(locale: str) -> InlineKeyboardMarkup:
+    def button(action: MenuAction) -> InlineKeyboardButton:
+        return InlineKeyboardButton(text=t(locale, f"menu.{action}"),
+                                    callback_data=MenuButton(action=action).pack())
+
+    return InlineKeyboardMarkup(inline_keyboard=[
+        [button(MenuAction.NEW)], [button(MenuAction.STATUS)],
+        [button(MenuAction.HELP), button(MenuAction.LANGUAGE)],
+    ])
+
+
+def language_menu() -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[[
+        InlineKeyboardButton(text=t("zh", "language.zh"),
+                             callback_data=MenuButton(action=MenuAction.LANG_ZH).pack()),
+        InlineKeyboardButton(text=t("en", "language.en"),
+                             callback_data=MenuButton(action=MenuAction.LANG_EN).pack()),
+    ]])

@@ -1,0 +1,190 @@
+"""Citizens in private chats: the menu, filing, status. Handlers only translate
+Telegram events into plain values, call one service, and stage the replies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiogram import Router
+from aiogram.filters import Command, CommandObject, CommandStart, Filter
+from aiogram.types import CallbackQuery, Message, TelegramObject
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.callbacks import IntakeButton, MenuAction, MenuButton
+from bot.middlewares import Responder
+from bot.render import language_menu, main_menu
+from dialogs.bureau import BureauConfig
+from dialogs.i18n import LOCALES, t
+from dialogs.messages import Command as IntakeCommand
+from dialogs.messages import Input, InputKind, Media
+from handoff.intake import IntakeService
+from handoff.status import StatusService
+from storage.models import CitizenSession
+
+AWAITING_STATUS = "status"
+
+
+class PrivateChat(Filter):
+    """Async on purpose: aiogram runs synchronous filters in a thread per call."""
+
+    async def __call__(self, event: TelegramObject) -> bool:
+        if isinstance(event, Message):
+            return event.chat.type == "private"
+        if isinstance(event, CallbackQuery):
+            return event.message is None or event.message.chat.type == "private"
+        return False
+
+
+def message_input(message: Message) -> Input:
+    """A Telegram message as the engine sees it."""
+    if message.text is not None:
+        return Input(InputKind.TEXT, text=message.text)
+    if message.contact is not None:
+        own = message.from_user is not None and message.contact.user_id == message.from_user.id
+        return Input(InputKind.CONTACT, text=message.contact.phone_number, own_contact=own)
+    if message.photo:
+        photo = message.photo[-1]  # the largest size
+        return Input(InputKind.PHOTO, media=Media(
+            file_id=photo.file_id, file_unique_id=photo.file_unique_id, kind="photo",
+            size=photo.file_size, mime_type="image/jpeg", media_group_id=message.media_group_id,
+            caption=message.caption))
+    if message.document is not None:
+        doc = message.document
+        return Input(InputKind.DOCUMENT, media=Media(
+            file_id=doc.file_id, file_unique_id=doc.file_unique_id, kind="document",
+            size=doc.file_size, mime_type=doc.mime_type, file_name=doc.file_name,
+            media_group_id=message.media_group_id, caption=message.caption))
+    return Input(InputKind.OTHER, other_type=str(message.content_type), text=message.caption or "")
+
+
+def build_citizen_router() -> Router:
+    router = Router(name="citizen")
+    router.message.filter(PrivateChat())
+    router.callback_query.filter(PrivateChat())
+    router.edited_message.filter(PrivateChat())
+
+    @router.message(CommandStart())
+    async def on_start(message: Message, citizen: CitizenSession, responder: Responder,
+                       intake: IntakeService, bureau: BureauConfig) -> None:
+        citizen.awaiting = None
+        _welcome(responder, bureau)
+        if intake.in_progress(citizen):
+            responder.reply(*intake.start(citizen))
+
+    @router.message(Command("new"))
+    async def on_new(message: Message, citizen: CitizenSession, responder: Responder,
+                     intake: IntakeService) -> None:
+        citizen.awaiting = None
+        responder.reply(*intake.start(citizen))
+
+    @router.message(Command("cancel", "back", "help"))
+    async def on_intake_command(message: Message, command: CommandObject, citizen: CitizenSession,
+                                responder: Responder, intake: IntakeService, session: AsyncSession,
+                                now: datetime, bureau: BureauConfig) -> None:
+        citizen.awaiting = None
+        if intake.in_progress(citizen):
+            inp = Input(InputKind.COMMAND, command=IntakeCommand(command.command))
+            responder.reply(*await intake.handle(session, citizen, inp, now))
+        elif command.command == "help":
+            _help(responder, bureau)
+        else:
+            responder.say("idle_hint", main_menu(responder.locale))
+
+    @router.message(Command("language"))
+    async def on_language(message: Message, responder: Responder) -> None:
+        responder.say("language.prompt", language_menu())
+
+    @router.message(Command("status"))
+    async def on_status(message: Message, command: CommandObject, citizen: CitizenSession,
+                        responder: Responder, status: StatusService, session: AsyncSession) -> None:
+        parts = (command.args or "").split()
+        if len(parts) >= 2:
+            citizen.awaiting = None
+            responder.reply(await status.lookup(session, " ".join(parts[:-1]), parts[-1], citizen.locale))
+            return
+        citizen.awaiting = AWAITING_STATUS
+        responder.say("status.ask")
+
+    @router.callback_query(MenuButton.filter())
+    async def on_menu(query: CallbackQuery, callback_data: MenuButton, citizen: CitizenSession,
+                      responder: Responder, intake: IntakeService, bureau: BureauConfig) -> None:
+        responder.callback = query
+        action = callback_data.action
+        if action is MenuAction.NEW:
+            citizen.awaiting = None
+            responder.reply(*intake.start(citizen))
+        elif action is MenuAction.STATUS:
+            citizen.awaiting = AWAITING_STATUS
+            responder.say("status.ask")
+        elif action is MenuAction.HELP:
+            _help(responder, bureau)
+        elif action is MenuAction.LANGUAGE:
+            responder.say("language.prompt", language_menu())
+        elif action.value in LOCALES:
+            citizen.locale = responder.locale = action.value
+            responder.say("language.changed")
+            if intake.in_progress(citizen):
+                responder.reply(*intake.resume(citizen))
+            else:
+                responder.say("menu_prompt", main_menu(responder.locale))
+
+    @router.callback_query(IntakeButton.filter())
+    async def on_intake_button(query: CallbackQuery, callback_data: IntakeButton,
+                               citizen: CitizenSession, responder: Responder,
+                               intake: IntakeService, session: AsyncSession, now: datetime) -> None:
+        responder.callback = query
+        if not intake.in_progress(citizen):
+            responder.say("idle_hint", main_menu(responder.locale))
+            return
+        inp = Input(InputKind.BUTTON, step=callback_data.step, value=callback_data.value)
+        responder.reply(*await intake.handle(session, citizen, inp, now))
+
+    @router.callback_query()
+    async def on_unknown_button(query: CallbackQuery, responder: Responder) -> None:
+        responder.callback = query
+        responder.say("idle_hint")
+
+    @router.edited_message()
+    async def on_edited(message: Message, responder: Responder) -> None:
+        responder.say("edited_ignored")
+
+    @router.message()
+    async def on_message(message: Message, citizen: CitizenSession, responder: Responder,
+                         intake: IntakeService, status: StatusService, session: AsyncSession,
+                         now: datetime, **_: Any) -> None:
+        if citizen.awaiting == AWAITING_STATUS and message.text:
+            citizen.awaiting = None
+            parts = message.text.split()
+            if len(parts) >= 2:
+                responder.reply(await status.lookup(session, " ".join(parts[:-1]), parts[-1], citizen.locale))
+            else:
+                responder.say("status.ask")
+                citizen.awaiting = AWAITING_STATUS
+            return
+        if intake.in_progress(citizen):
+            responder.reply(*await intake.handle(session, citizen, message_input(message), now))
+            return
+        responder.say("idle_hint", main_menu(responder.locale))
+
+    return router
+
+
+def _bureau_name(bureau: BureauConfig, locale: str) -> str:
+    return bureau.bureau.name_en if locale == "en" else bureau.bureau.name_zh
+
+
+def _welcome(responder: Responder, bureau: BureauConfig) -> None:
+    responder.say("welcome", main_menu(responder.locale), bureau=_bureau_name(bureau, responder.locale))
+
+
+def _help(responder: Responder, bureau: BureauConfig) -> None:
+    info = bureau.bureau
+    english = responder.locale == "en"
+    responder.say("help.general", main_menu(responder.locale),
+                  bureau=_bureau_name(bureau, responder.locale),
+                  address=info.address_en if english else info.address_zh,
+                  hours=info.hours_en if english else info.hours_zh, phone=info.phone)
+
+
+__all__ = ["build_citizen_router", "message_input", "t"]

@@ -1,0 +1,69 @@
+"""Process settings: environment variables with the ``PETITION_`` prefix, or ``.env``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class SettingsError(Exception):
+    """One line naming the bad setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PETITION_", env_file=".env",
+                                      env_file_encoding="utf-8", extra="ignore")
+
+    bot_token: str | None = None
+    #: Base URL of a self-hosted Bot API server (e.g. http://127.0.0.1:8081).
+    telegram_api_url: str | None = None
+    database_url: str = "sqlite+aiosqlite:///petitions.db"
+    staff_chat_id: int | None = None
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    default_locale: Literal["zh", "en"] = "zh"
+    bureau_config: Path | None = None
+    #: SQLite only: FULL survives power loss; NORMAL survives a process crash.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Seconds a getUpdates long poll waits on Telegram's side.
+    polling_timeout: int = Field(default=30, ge=0, le=50)
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token_shape(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        head, sep, tail = value.partition(":")
+        if not (sep and head.isdigit() and len(tail) >= 20):
+            raise ValueError("does not look like a bot token (digits:secret, from @BotFather)")
+        return value
+
+    @field_validator("bureau_config")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
+def load_settings() -> Settings:
+    """Read the settings, or raise SettingsError with one line naming the culprit."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "PETITION_" + "_".join(str(p) for p in first["loc"][:1]).upper()
+        raise SettingsError(f"{name}: {first['msg']}") from None

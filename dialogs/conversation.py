@@ -1,0 +1,67 @@
+"""A citizen's filing in progress: the state and the answers, stored as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from state_machine.intake import Step
+
+
+@dataclass(eq=False)
+class Conversation:
+    """Everything a filing has collected so far; persisted after every step.
+
+    ``eq=False``: conversations are compared by identity (see transitions'
+    ``add_model`` in PITFALLS.md).
+    """
+
+    state: str = Step.CONSENT.value
+    answers: dict[str, Any] = field(default_factory=dict)
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    editing: bool = False
+    edit_to: str | None = None
+    pending_cancel: bool = False
+    #: Current page of a paged choice keyboard.
+    page: int = 0
+    consent_at: str | None = None
+    emergency: bool = False
+    #: The album (media group) of the last attachment: one acknowledgement per album.
+    last_album: str | None = None
+    #: Set by the engine for the ``applies`` condition; not persisted logic.
+    id_required_for: tuple[str, ...] = ()
+    has_subcategories: bool = False
+
+    # -- conditions the intake machine asks about ------------------------------
+
+    def applies(self, step: Step) -> bool:
+        if step is Step.SUBCATEGORY:
+            return self.has_subcategories
+        if step is Step.ID_NUMBER:
+            return self.answers.get(Step.MATTER_CLASS.value) in self.id_required_for
+        return True
+
+    def should_ask(self, step: Step) -> bool:
+        if not self.applies(step):
+            return False
+        if self.editing:
+            return step.value not in self.answers
+        return True
+
+    def is_editing(self) -> bool:
+        return self.editing
+
+    def edit_target(self) -> str | None:
+        return self.edit_to
+
+    # -- persistence ----------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["id_required_for"], data["has_subcategories"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Conversation:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

@@ -1,0 +1,101 @@
+"""From a citizen's message to a stored answer, and from a confirmed filing to a
+case in the staff queue.
+
+The engine (``dialogs/``) decides; this service loads and stores. Everything
+here runs inside the update's single transaction: the new conversation state,
+the case, its attachments and its first timeline entries are committed
+together, with the update id.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dialogs.conversation import Conversation
+from dialogs.engine import IntakeEngine, Submission
+from dialogs.messages import Input, Reply
+from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
+from storage.models import Case, CaseEvent, CitizenSession
+from storage.repositories import CaseRepository
+
+log = logging.getLogger(__name__)
+
+#: A fresh random number collides with probability ~n/3·10¹⁰; retry a few times.
+_NUMBER_ATTEMPTS = 8
+
+
+class IntakeService:
+    def __init__(self, engine: IntakeEngine) -> None:
+        self.engine = engine
+        self.bureau = engine.bureau
+
+    def in_progress(self, citizen: CitizenSession) -> bool:
+        return citizen.state is not None
+
+    def start(self, citizen: CitizenSession) -> list[Reply]:
+        """Begin a filing, or pick up the one in progress."""
+        if citizen.state is not None:
+            conv = Conversation.from_json(citizen.data)
+            return [Reply.text("in_progress"), *self.engine.resume(conv, citizen.locale)]
+        outcome = self.engine.begin(citizen.locale)
+        assert outcome.conversation is not None
+        self._store(citizen, outcome.conversation)
+        return outcome.replies
+
+    def resume(self, citizen: CitizenSession) -> list[Reply]:
+        return self.engine.resume(Conversation.from_json(citizen.data), citizen.locale)
+
+    async def handle(self, session: AsyncSession, citizen: CitizenSession, inp: Input,
+                     now: datetime) -> list[Reply]:
+        conv = Conversation.from_json(citizen.data)
+        outcome = self.engine.handle(conv, inp, citizen.locale)
+        replies = outcome.replies
+        if outcome.submission is not None:
+            tracking, code = await self._submit(session, citizen, outcome.submission, now)
+            replies.append(Reply.text("submitted.receipt", tracking=tracking, code=code))
+            log.info("case %s submitted", tracking)
+        self._store(citizen, outcome.conversation)
+        return replies
+
+    @staticmethod
+    def _store(citizen: CitizenSession, conv: Conversation | None) -> None:
+        if conv is None:
+            citizen.state, citizen.data = None, {}
+        else:
+            citizen.state, citizen.data = conv.state, conv.to_json()
+
+    async def _submit(self, session: AsyncSession, citizen: CitizenSession,
+                      sub: Submission, now: datetime) -> tuple[str, str]:
+        cases = CaseRepository(session)
+        for _ in range(_NUMBER_ATTEMPTS):
+            tracking = new_tracking_number(self.bureau.bureau.code)
+            if not await cases.tracking_number_taken(tracking):
+                break
+        else:  # pragma: no cover - astronomically unlikely
+            raise RuntimeError("could not allocate a free tracking number")
+        code = new_query_code()
+        a = sub.answers
+        case = Case(
+            tracking_number=tracking, query_code_hash=hash_query_code(code), status="submitted",
+            channel="online", locale=sub.locale, citizen_user_id=citizen.user_id,
+            citizen_chat_id=citizen.chat_id, matter_class=a["matter_class"], category=a["category"],
+            subcategory=a.get("subcategory") or None, location=a["location"], title=a["title"],
+            request=a["request"], facts=a["facts"], reasons=a["reasons"],
+            occurred=a.get("occurred") or None, accused=a.get("accused") or None,
+            litigation=a["litigation"], name=a["name"], phone=a["phone"],
+            id_number=a.get("id_number") or None, address=a["address"],
+            publish=a.get("publish") == "yes", emergency=sub.emergency,
+            consent_at=datetime.fromisoformat(sub.consent_at), submitted_at=now,
+        )
+        events = [
+            CaseEvent(at=datetime.fromisoformat(sub.consent_at), actor_kind="citizen",
+                      actor_id=citizen.user_id, action="consented", status="draft",
+                      note="privacy notice and truthfulness statement (art. 19) accepted"),
+            CaseEvent(at=now, actor_kind="citizen", actor_id=citizen.user_id,
+                      action="submitted", status="submitted"),
+        ]
+        await cases.add(case, sub.attachments, events)
+        return tracking, code

@@ -1,0 +1,132 @@
+"""intake: citizen sessions, processed updates, cases
+
+Revision ID: 0001
+Revises: 
+Create Date: 2026-11-27 03:44:01.322489
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision: str = '0001'
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table('cases',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('tracking_number', sa.String(length=32), nullable=False),
+    sa.Column('query_code_hash', sa.String(length=200), nullable=False),
+    sa.Column('status', sa.String(length=32), nullable=False),
+    sa.Column('channel', sa.String(length=16), nullable=False),
+    sa.Column('locale', sa.String(length=8), nullable=False),
+    sa.Column('citizen_user_id', sa.BigInteger(), nullable=False),
+    sa.Column('citizen_chat_id', sa.BigInteger(), nullable=False),
+    sa.Column('matter_class', sa.String(length=16), nullable=False),
+    sa.Column('category', sa.String(length=16), nullable=False),
+    sa.Column('subcategory', sa.String(length=16), nullable=True),
+    sa.Column('location', sa.String(length=16), nullable=False),
+    sa.Column('title', sa.Text(), nullable=False),
+    sa.Column('request', sa.Text(), nullable=False),
+    sa.Column('facts', sa.Text(), nullable=False),
+    sa.Column('reasons', sa.Text(), nullable=False),
+    sa.Column('occurred', sa.Text(), nullable=True),
+    sa.Column('accused', sa.Text(), nullable=True),
+    sa.Column('litigation', sa.String(length=16), nullable=False),
+    sa.Column('name', sa.Text(), nullable=False),
+    sa.Column('phone', sa.String(length=32), nullable=False),
+    sa.Column('id_number', sa.String(length=32), nullable=True),
+    sa.Column('address', sa.Text(), nullable=False),
+    sa.Column('publish', sa.Boolean(), nullable=False),
+    sa.Column('emergency', sa.Boolean(), nullable=False),
+    sa.Column('consent_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
+    sa.UniqueConstraint('tracking_number', name=op.f('uq_cases_tracking_number'))
+    )
+    with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_cases_citizen_user_id'), ['citizen_user_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_status'), ['status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_submitted_at'), ['submitted_at'], unique=False)
+
+    op.create_table('citizen_sessions',
+    sa.Column('user_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('chat_id', sa.BigInteger(), nullable=False),
+    sa.Column('locale', sa.String(length=8), nullable=False),
+    sa.Column('state', sa.String(length=32), nullable=True),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.Column('awaiting', sa.String(length=64), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('user_id', name=op.f('pk_citizen_sessions'))
+    )
+    op.create_table('processed_updates',
+    sa.Column('update_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('processed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('update_id', name=op.f('pk_processed_updates'))
+    )
+    with op.batch_alter_table('processed_updates', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_processed_updates_processed_at'), ['processed_at'], unique=False)
+
+    op.create_table('case_attachments',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('file_id', sa.String(length=256), nullable=False),
+    sa.Column('file_unique_id', sa.String(length=128), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=True),
+    sa.Column('mime_type', sa.String(length=128), nullable=True),
+    sa.Column('file_name', sa.String(length=256), nullable=True),
+    sa.Column('media_group_id', sa.String(length=64), nullable=True),
+    sa.Column('caption', sa.Text(), nullable=True),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_attachments_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_attachments'))
+    )
+    with op.batch_alter_table('case_attachments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_attachments_case_id'), ['case_id'], unique=False)
+
+    op.create_table('case_events',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('actor_kind', sa.String(length=16), nullable=False),
+    sa.Column('actor_id', sa.BigInteger(), nullable=True),
+    sa.Column('action', sa.String(length=32), nullable=False),
+    sa.Column('status', sa.String(length=32), nullable=False),
+    sa.Column('note', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_events_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_events'))
+    )
+    with op.batch_alter_table('case_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_events_case_id'), ['case_id'], unique=False)
+
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('case_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_case_events_case_id'))
+
+    op.drop_table('case_events')
+    with op.batch_alter_table('case_attachments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_case_attachments_case_id'))
+
+    op.drop_table('case_attachments')
+    with op.batch_alter_table('processed_updates', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_processed_updates_processed_at'))
+
+    op.drop_table('processed_updates')
+    op.drop_table('citizen_sessions')
+    with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_cases_submitted_at'))
+        batch_op.drop_index(batch_op.f('ix_cases_status'))
+        batch_op.drop_index(batch_op.f('ix_cases_citizen_user_id'))
+
+    op.drop_table('cases')

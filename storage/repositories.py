@@ -1,0 +1,64 @@
+"""Repositories: queries named by intent. Each works inside the caller's session
+(one session, one transaction, per update)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Attachment, Case, CaseEvent, CitizenSession, ProcessedUpdate
+
+
+async def claim_update(session: AsyncSession, update_id: int, now: datetime) -> bool:
+    """Record ``update_id`` as processed in this transaction; False if it already was.
+
+    One round trip (insert … on conflict do nothing). Committed together with
+    the update's effects, so a crash before the commit replays the update and a
+    duplicate delivery after it is skipped.
+    """
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(ProcessedUpdate).values(update_id=update_id, processed_at=now)
+    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["update_id"]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def forget_updates_before(session: AsyncSession, cutoff: datetime) -> int:
+    """Drop dedupe records older than Telegram can redeliver (it keeps updates 24 h)."""
+    result = await session.execute(delete(ProcessedUpdate).where(ProcessedUpdate.processed_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def citizen_session(session: AsyncSession, user_id: int, *, lock: bool) -> CitizenSession | None:
+    """The citizen's row; ``lock`` takes a row lock on PostgreSQL so that two
+    workers never run one citizen's updates at the same time."""
+    stmt = select(CitizenSession).where(CitizenSession.user_id == user_id)
+    if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+class CaseRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def tracking_number_taken(self, number: str) -> bool:
+        return bool(await self.session.scalar(select(exists().where(Case.tracking_number == number))))
+
+    async def by_tracking_number(self, number: str) -> Case | None:
+        return await self.session.scalar(select(Case).where(Case.tracking_number == number))
+
+    async def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
+        self.session.add(case)
+        await self.session.flush()
+        for position, item in enumerate(attachments):
+            self.session.add(Attachment(case_id=case.id, position=position, **item))
+        for entry in events:
+            entry.case_id = case.id
+            self.session.add(entry)
+        return case
