@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from aiogram.methods import SendMessage, TelegramMethod
+from sqlalchemy import func, select
 from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup
 
 from bot.app import create_bot, create_dispatcher
@@ -30,6 +31,7 @@ from bot.cli import open_database
 from bot.settings import Settings
 from bot.simulator import FakeTelegram, Simulator, SimUser
 from dialogs.bureau import BureauConfig
+from storage.models import ProcessedUpdate
 
 _TAG = re.compile(r"<[^>]+>")
 FAKE_TOKEN = "1000000:local-chat-without-telegram-000000"
@@ -76,13 +78,9 @@ async def run_chat(settings: Settings, bureau: BureauConfig, *, user_id: int, la
     dp = create_dispatcher(settings, sessionmaker, bureau)
     sim = Simulator(dp, bot, telegram)
     # Continue the numbering of earlier runs so update ids are never reused.
-    from sqlalchemy import func, select
-
-    from storage.models import ProcessedUpdate
-
     async with sessionmaker() as session:
         last = await session.scalar(select(func.max(ProcessedUpdate.update_id)))
-    sim._update_ids = __import__("itertools").count((last or 0) + 1)
+    sim.start_update_ids((last or 0) + 1)
     citizen = sim.citizen(user_id=user_id, language_code=language)
     interactive = sys.stdin.isatty()
     if interactive:

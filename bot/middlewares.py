@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
 from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -86,7 +86,19 @@ class Responder:
         if self.chat_id is None:
             return
         for message in self.messages:
-            await bot.send_message(self.chat_id, message.text, reply_markup=message.markup)
+            await _send(bot, self.chat_id, message)
+
+
+async def _send(bot: Bot, chat_id: int, message: OutMessage, attempts: int = 3) -> None:
+    """Send one reply; wait out a flood limit exactly as Telegram asks."""
+    for attempt in range(attempts):
+        try:
+            await bot.send_message(chat_id, message.text, reply_markup=message.markup)
+            return
+        except TelegramRetryAfter as exc:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(exc.retry_after)
 
 
 def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:

@@ -9,6 +9,7 @@ staff would produce them: text, button presses, photos, contacts.
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ class Simulator:
     def next_update_id(self) -> int:
         return next(self._update_ids)
 
+    def start_update_ids(self, first: int) -> None:
+        """Continue numbering where an earlier process stopped (ids are never reused)."""
+        self._update_ids = itertools.count(first)
+
     def citizen(self, user_id: int = 1001, language_code: str = "zh", first_name: str = "Citizen") -> SimUser:
         user = User(id=user_id, is_bot=False, first_name=first_name, language_code=language_code)
         return SimUser(self, user, Chat(id=user_id, type="private"))
@@ -120,7 +125,6 @@ class SimUser:
     sim: Simulator
     user: User
     chat: Chat
-    _files: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # -- what the bot said to this chat ----------------------------------------
 
@@ -197,8 +201,8 @@ class SimUser:
         return self.texts_since(mark)
 
     def _file(self, prefix: str) -> tuple[str, str]:
-        n = next(self._files)
-        return f"{prefix}-{self.user.id}-{n}", f"u{prefix}{self.user.id}x{n}"
+        n = uuid.uuid4().hex[:12]
+        return f"{prefix}-{self.user.id}-{n}", f"u{prefix}{n}"
 
     async def send_photo(self, *, size: int = 150_000, caption: str | None = None,
                          media_group_id: str | None = None) -> list[str]:

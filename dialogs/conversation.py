@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,5 +64,7 @@ class Conversation:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        # A deep copy: the stored dict must stay as loaded, or the ORM would
+        # compare the changed conversation with itself and write nothing.
+        known = {k: copy.deepcopy(v) for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

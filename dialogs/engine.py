@@ -286,6 +286,7 @@ class IntakeEngine:
         if inp.kind is InputKind.BUTTON:
             if inp.value == S.NAV_DONE:
                 conv.last_album = None
+                conv.answers[Step.ATTACHMENTS.value] = len(conv.attachments)
                 return True
             raise InputError("error.choice.unknown")
         if inp.kind in (InputKind.PHOTO, InputKind.DOCUMENT) and inp.media:

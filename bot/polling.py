@@ -1,0 +1,161 @@
+"""Long polling that never confirms an update before its effects are committed.
+
+Telegram confirms updates when getUpdates is called with a higher offset. This
+loop asks for a batch, processes it completely (chats in parallel, each chat's
+updates in order), and only then asks again with the next offset. A crash
+mid-batch therefore replays the batch on restart, and the replays are skipped
+by update id (``processed_updates``). Pending updates are never dropped at
+start: what citizens sent while the bot was down is processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections import defaultdict
+from collections.abc import Sequence
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramConflictError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import Update
+
+from bot.app import ALLOWED_UPDATES, create_bot, create_dispatcher, set_commands
+from bot.cli import open_database
+from bot.settings import Settings
+from dialogs.bureau import BureauConfig
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 60.0
+
+
+def chat_key(update: Update) -> int:
+    if update.message is not None:
+        return update.message.chat.id
+    if update.edited_message is not None:
+        return update.edited_message.chat.id
+    if update.callback_query is not None:
+        query = update.callback_query
+        return query.message.chat.id if query.message is not None else query.from_user.id
+    return 0
+
+
+async def process_batch(dp: Dispatcher, bot: Bot, updates: Sequence[Update]) -> None:
+    """Every update of the batch, each chat's in order, chats concurrently."""
+    by_chat: dict[int, list[Update]] = defaultdict(list)
+    for update in updates:
+        by_chat[chat_key(update)].append(update)
+
+    async def one_chat(chat_updates: list[Update]) -> None:
+        for update in chat_updates:
+            try:
+                await dp.feed_update(bot, update)
+            except Exception:  # the pipeline already rolled back; keep the batch going
+                log.exception("update %s raised after its transaction", update.update_id)
+
+    await asyncio.gather(*(one_chat(group) for group in by_chat.values()))
+
+
+class Poller:
+    def __init__(self, dp: Dispatcher, bot: Bot, timeout: int) -> None:
+        self.dp = dp
+        self.bot = bot
+        self.timeout = timeout
+        self.offset: int | None = None
+
+    async def run(self, stop: asyncio.Event) -> int:
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                updates = await self._fetch(stop)
+            except TelegramConflictError:
+                log.error("another process is polling with this bot token (409 Conflict); "
+                          "stop it or use webhook mode. Retrying in %.0f s", backoff)
+                await _sleep(stop, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            except TelegramRetryAfter as exc:
+                await _sleep(stop, exc.retry_after)
+                continue
+            except (TelegramNetworkError, TelegramServerError) as exc:
+                log.warning("getUpdates failed (%s); retrying in %.1f s", exc, backoff)
+                await _sleep(stop, backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            except TelegramUnauthorizedError:
+                log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")
+                return 2
+            backoff = 1.0
+            if updates is None:
+                break
+            if updates:
+                await process_batch(self.dp, self.bot, updates)
+                self.offset = updates[-1].update_id + 1
+        await self._confirm()
+        return 0
+
+    async def _fetch(self, stop: asyncio.Event) -> list[Update] | None:
+        """The next batch, or None when asked to stop while waiting."""
+        fetch = asyncio.ensure_future(self.bot.get_updates(
+            offset=self.offset, timeout=self.timeout, allowed_updates=ALLOWED_UPDATES,
+            request_timeout=self.timeout + 10))
+        stopping = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if fetch in done:
+            stopping.cancel()
+            return fetch.result()
+        fetch.cancel()  # nothing fetched was processed, so nothing is confirmed
+        return None
+
+    async def _confirm(self) -> None:
+        """Tell Telegram the last batch is done, so a restart does not replay it."""
+        if self.offset is None:
+            return
+        try:
+            await self.bot.get_updates(offset=self.offset, timeout=0, limit=1,
+                                       allowed_updates=ALLOWED_UPDATES)
+        except Exception as exc:  # replay is harmless: updates are deduplicated
+            log.info("could not confirm the last batch (%s); it will be skipped on restart", exc)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
+    assert settings.bot_token
+    engine, sessionmaker = await open_database(settings)
+    session = (AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+               if settings.telegram_api_url else None)
+    bot = create_bot(settings.bot_token, session=session)
+    dp = create_dispatcher(settings, sessionmaker, bureau)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        me = await bot.get_me()
+        log.info("polling as @%s", me.username)
+        await bot.delete_webhook(drop_pending_updates=False)
+        await set_commands(bot, settings.default_locale)
+        return await Poller(dp, bot, settings.polling_timeout).run(stop)
+    except TelegramUnauthorizedError:
+        log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")
+        return 2
+    finally:
+        await bot.session.close()
+        await engine.dispose()
+        log.info("stopped")

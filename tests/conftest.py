@@ -1,0 +1,130 @@
+"""Fixtures: a database per test (SQLite file, and PostgreSQL when
+PETITION_TEST_DATABASE_URL is set), and the real dispatcher on a fake Bot API."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from bot.app import create_bot, create_dispatcher
+from bot.settings import Settings
+from bot.simulator import FakeTelegram, Simulator
+from dialogs.bureau import BureauConfig, load_bureau_config
+from storage.db import create_engine, create_sessionmaker, migrate
+
+PG_URL = os.environ.get("PETITION_TEST_DATABASE_URL")
+BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
+TOKEN = "123456:TEST-token-for-the-fake-bot-api-0000"
+STAFF_CHAT = -1001234567890
+
+
+class TestClock:
+    """A clock the test moves by hand (no sleeping)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(scope="session")
+def bureau() -> BureauConfig:
+    return load_bureau_config()
+
+
+async def _pg_database() -> tuple[str, str]:
+    assert PG_URL
+    name = f"petition_test_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False), name
+
+
+async def _pg_drop(name: str) -> None:
+    assert PG_URL
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'petitions.db'}"
+        return
+    url, name = await _pg_database()
+    try:
+        yield url
+    finally:
+        await _pg_drop(name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(db: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(db)
+
+
+@pytest.fixture
+def clock() -> TestClock:
+    return TestClock()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(_env_file=None, bot_token=TOKEN, database_url=database_url,  # type: ignore[call-arg]
+                    staff_chat_id=STAFF_CHAT, admin_ids=[9001])
+
+
+@dataclass
+class App:
+    sim: Simulator
+    telegram: FakeTelegram
+    sessionmaker: async_sessionmaker[AsyncSession]
+    clock: TestClock
+    settings: Settings
+    bureau: BureauConfig
+
+    def restart(self) -> App:
+        """A new dispatcher, bot and fake API on the same database (a process restart)."""
+        return make_app(self.settings, self.sessionmaker, self.bureau, self.clock,
+                        first_update_id=self.sim.next_update_id())
+
+
+def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,
+             clock: TestClock, first_update_id: int = 1) -> App:
+    telegram = FakeTelegram()
+    bot = create_bot(TOKEN, session=telegram)
+    dp = create_dispatcher(settings, sessionmaker, bureau, clock=clock)
+    sim = Simulator(dp, bot, telegram)
+    sim.start_update_ids(first_update_id)
+    return App(sim, telegram, sessionmaker, clock, settings, bureau)
+
+
+@pytest.fixture
+async def app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,
+              clock: TestClock) -> App:
+    return make_app(settings, sessionmaker, bureau, clock)
