@@ -8,7 +8,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.base import BaseSession
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats, LinkPreviewOptions
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.middlewares import Clock, UpdatePipeline
 from bot.routers.citizen import build_citizen_router
@@ -18,6 +18,7 @@ from dialogs.engine import IntakeEngine, utcnow
 from dialogs.i18n import LOCALES, t
 from handoff.intake import IntakeService
 from handoff.status import StatusService
+from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
 
 #: Updates the bot asks Telegram for (others are never delivered).
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
@@ -50,3 +51,11 @@ async def set_commands(bot: Bot, default_locale: str) -> None:
         await bot.set_my_commands(commands, scope=scope, language_code=locale)
         if locale == default_locale:
             await bot.set_my_commands(commands, scope=scope)
+
+
+async def open_database(settings: Settings) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
+    """Engine and sessionmaker; the embedded SQLite is migrated on start."""
+    engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    if is_sqlite(settings.database_url):
+        await migrate(engine)
+    return engine, create_sessionmaker(engine)

@@ -26,8 +26,7 @@ from aiogram.methods import SendMessage, TelegramMethod
 from sqlalchemy import func, select
 from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup
 
-from bot.app import create_bot, create_dispatcher
-from bot.cli import open_database
+from bot.app import create_bot, create_dispatcher, open_database
 from bot.settings import Settings
 from bot.simulator import FakeTelegram, Simulator, SimUser
 from dialogs.bureau import BureauConfig

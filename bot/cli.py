@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from bot.settings import Settings, SettingsError, load_settings
-from dialogs.bureau import BureauConfig, BureauConfigError, load_bureau_config
-from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
+from dialogs.bureau import BureauConfigError, load_bureau_config
+from storage.db import create_engine, migrate
 
 log = logging.getLogger("bot")
 
@@ -69,18 +69,3 @@ async def _migrate(settings: Settings) -> int:
         await engine.dispose()
     print("database is up to date")
     return 0
-
-
-async def open_database(settings: Settings) -> tuple:  # type: ignore[type-arg]
-    """Engine and sessionmaker; the embedded SQLite is migrated on start."""
-    engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    if is_sqlite(settings.database_url):
-        await migrate(engine)
-    return engine, create_sessionmaker(engine)
-
-
-__all__ = ["main", "open_database", "BureauConfig"]
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -29,8 +29,7 @@ from aiogram.exceptions import (
 )
 from aiogram.types import Update
 
-from bot.app import ALLOWED_UPDATES, create_bot, create_dispatcher, set_commands
-from bot.cli import open_database
+from bot.app import ALLOWED_UPDATES, create_bot, create_dispatcher, open_database, set_commands
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 

@@ -1,0 +1,143 @@
+"""A small HTTP Bot API server on loopback, standing in for a self-hosted
+``telegram-bot-api``: the bot process talks to it over real HTTP exactly as it
+would to Telegram. Tests queue updates and read what the bot sent.
+
+getUpdates follows Telegram's rules: updates with ids below ``offset`` are
+confirmed and forgotten; the call waits up to ``timeout`` seconds for news.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Sent:
+    method: str
+    params: dict[str, Any]
+
+    @property
+    def chat_id(self) -> int:
+        return int(self.params["chat_id"])
+
+    @property
+    def text(self) -> str:
+        return str(self.params.get("text", ""))
+
+    def buttons(self) -> list[tuple[str, str]]:
+        markup = self.params.get("reply_markup")
+        if not markup:
+            return []
+        rows = json.loads(markup).get("inline_keyboard", []) if isinstance(markup, str) else markup.get("inline_keyboard", [])
+        return [(b["text"], b.get("callback_data", "")) for row in rows for b in row]
+
+
+@dataclass
+class FakeBotAPI:
+    token: str
+    bot_id: int = 4242
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    confirmed_up_to: int = 0
+    _news: asyncio.Event = field(default_factory=asyncio.Event)
+    _update_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _message_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _runner: web.AppRunner | None = None
+    port: int = 0
+
+    # -- test side ---------------------------------------------------------------------
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("POST", "/bot{token}/{method}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _user(self, user_id: int, language: str) -> dict[str, Any]:
+        return {"id": user_id, "is_bot": False, "first_name": f"U{user_id}", "language_code": language}
+
+    def push_text(self, user_id: int, text: str, language: str = "zh") -> int:
+        update_id = next(self._update_ids)
+        self.pending.append({"update_id": update_id, "message": {
+            "message_id": next(self._message_ids), "date": int(time.time()),
+            "chat": {"id": user_id, "type": "private"}, "from": self._user(user_id, language),
+            "text": text}})
+        self._news.set()
+        return update_id
+
+    def push_callback(self, user_id: int, data: str, language: str = "zh") -> int:
+        update_id = next(self._update_ids)
+        self.pending.append({"update_id": update_id, "callback_query": {
+            "id": f"cb{update_id}", "chat_instance": "x", "data": data,
+            "from": self._user(user_id, language),
+            "message": {"message_id": next(self._message_ids), "date": int(time.time()),
+                        "chat": {"id": user_id, "type": "private"},
+                        "from": {"id": self.bot_id, "is_bot": True, "first_name": "bot"}, "text": "…"}}})
+        self._news.set()
+        return update_id
+
+    def to_chat(self, chat_id: int) -> list[Sent]:
+        return [s for s in self.sent if s.method == "sendMessage" and s.chat_id == chat_id]
+
+    async def wait_for(self, chat_id: int, count: int, timeout: float = 20.0) -> list[Sent]:
+        """Wait until the chat has received at least ``count`` messages in all."""
+        deadline = time.monotonic() + timeout
+        while len(self.to_chat(chat_id)) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chat {chat_id} got {len(self.to_chat(chat_id))} messages, wanted {count}: "
+                                   f"{[s.text[:60] for s in self.to_chat(chat_id)]}")
+            await asyncio.sleep(0.02)
+        return self.to_chat(chat_id)
+
+    # -- Bot API side ------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+        method = request.match_info["method"]
+        params = dict(await request.post())
+        self.calls.append(method)
+        handler = getattr(self, f"_m_{method}", None)
+        result = await handler(params) if handler else True
+        return web.json_response({"ok": True, "result": result})
+
+    async def _m_getMe(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"id": self.bot_id, "is_bot": True, "first_name": "Petition bot", "username": "petition_bot"}
+
+    async def _m_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        offset = int(params.get("offset") or 0)
+        if offset:
+            self.confirmed_up_to = max(self.confirmed_up_to, offset - 1)
+            self.pending = [u for u in self.pending if u["update_id"] >= offset]
+        limit = int(params.get("limit") or 100)
+        timeout = float(params.get("timeout") or 0)
+        if not self.pending and timeout:
+            self._news.clear()
+            try:
+                await asyncio.wait_for(self._news.wait(), timeout)
+            except TimeoutError:
+                pass
+        return self.pending[:limit]
+
+    async def _m_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.sent.append(Sent("sendMessage", params))
+        return {"message_id": next(self._message_ids), "date": int(time.time()),
+                "chat": {"id": int(params["chat_id"]), "type": "private"},
+                "from": {"id": self.bot_id, "is_bot": True, "first_name": "bot"},
+                "text": params.get("text", "")}
