@@ -16,7 +16,15 @@ from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from dialogs.engine import IntakeEngine, utcnow
 from dialogs.i18n import LOCALES, t
+from bot.routers.staff import build_staff_router
+from bot.transport import TelegramTransport
+from handoff.cards import CardRenderer
 from handoff.intake import IntakeService
+from handoff.outbox import OutboxWorker, Wakeup
+from handoff.pacer import Pacer
+from handoff.queue import QueueService
+from handoff.relay import RelayService
+from handoff.staff import StaffService
 from handoff.status import StatusService
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
 
@@ -30,17 +38,51 @@ def create_bot(token: str, session: BaseSession | None = None) -> Bot:
         parse_mode=ParseMode.HTML, link_preview=LinkPreviewOptions(is_disabled=True)))
 
 
+def staff_chat_ids(settings: Settings, bureau: BureauConfig) -> set[int]:
+    ids = {u.chat_id for u in bureau.units if u.chat_id is not None}
+    if settings.staff_chat_id is not None:
+        ids.add(settings.staff_chat_id)
+    return ids
+
+
 def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
                       bureau: BureauConfig, clock: Clock = utcnow) -> Dispatcher:
     engine = IntakeEngine(bureau, clock)
+    staff_locale = settings.default_locale
+    wakeup = Wakeup()
     dp = Dispatcher(
         settings=settings, bureau=bureau,
-        intake=IntakeService(engine),
+        intake=IntakeService(engine, settings.staff_chat_id, staff_locale),
         status=StatusService(bureau.bureau.code),
+        relay=RelayService(settings.staff_chat_id, staff_locale),
+        staff_service=StaffService(bureau, staff_locale, frozenset(settings.admin_ids),
+                                   settings.staff_chat_id, clock),
+        queue=QueueService(bureau, staff_locale),
+        outbox_wakeup=wakeup,
     )
-    dp.update.outer_middleware(UpdatePipeline(sessionmaker, clock, settings.default_locale))
+    dp.update.outer_middleware(UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup))
     dp.include_router(build_citizen_router())
+    chats = staff_chat_ids(settings, bureau)
+    if chats:
+        dp.include_router(build_staff_router(chats))
     return dp
+
+
+def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,
+                         clock: Clock = utcnow, pacer: Pacer | None = None) -> OutboxWorker:
+    """The delivery worker for the dispatcher's outbox (started by ``run`` and ``chat``)."""
+    settings: Settings = dp["settings"]
+    staff: StaffService = dp["staff_service"]
+    cards = CardRenderer(dp["bureau"], staff)
+    alerts = [settings.staff_chat_id] if settings.staff_chat_id is not None else list(settings.admin_ids)
+    locale = settings.default_locale
+    return OutboxWorker(
+        sessionmaker=sessionmaker, transport=TelegramTransport(bot), render_card=cards.render,
+        clock=clock, pacer=pacer or Pacer(), alert_chat_ids=alerts, wakeup=dp["outbox_wakeup"],
+        alert_text=lambda row: str(t(locale, "staff.delivery_failed", id=row.id, chat=row.chat_id,
+                                     error=row.last_error or "")),
+        on_sent=staff.delivered,
+    )
 
 
 async def set_commands(bot: Bot, default_locale: str) -> None:

@@ -26,3 +26,19 @@ class MenuAction(StrEnum):
 
 class MenuButton(CallbackData, prefix="m"):
     action: MenuAction
+
+
+class StaffAction(CallbackData, prefix="s"):
+    """A button on a staff card or picker: the case, the action, the case version
+    the button was drawn for, and the choices made so far."""
+
+    case: int
+    action: str
+    v: int
+    arg: str = ""
+
+
+class RelayChoice(CallbackData, prefix="r"):
+    """A citizen picking which open case a message belongs to."""
+
+    case: int

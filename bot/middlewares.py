@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.render import Markup, OutMessage, render
 from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
+from handoff.outbox import Wakeup
 from storage.models import CitizenSession
 from storage.repositories import citizen_session, claim_update
 
@@ -67,6 +68,8 @@ class Responder:
         self.chat_id = chat_id
         self.locale = locale
         self.messages: list[OutMessage] = []
+        #: Messages to other chats (e.g. a staff member's private chat).
+        self.elsewhere: list[tuple[int, OutMessage]] = []
         self.callback: CallbackQuery | None = None
         self.callback_text: str | None = None
 
@@ -77,16 +80,27 @@ class Responder:
     def say(self, key: str, markup: Markup | None = None, **params: Any) -> None:
         self.messages.append(OutMessage(t(self.locale, key, **params), markup))
 
+    def send(self, text: str, markup: Markup | None = None, chat_id: int | None = None) -> None:
+        """Already rendered text, to this chat or another one."""
+        if chat_id is None or chat_id == self.chat_id:
+            self.messages.append(OutMessage(text, markup))
+        else:
+            self.elsewhere.append((chat_id, OutMessage(text, markup)))
+
     async def flush(self, bot: Bot) -> None:
         if self.callback is not None:
             try:
                 await self.callback.answer(self.callback_text)
             except TelegramAPIError as exc:  # a stale query must not block the replies
                 log.warning("callback answer failed: %s", exc)
-        if self.chat_id is None:
-            return
-        for message in self.messages:
-            await _send(bot, self.chat_id, message)
+        if self.chat_id is not None:
+            for message in self.messages:
+                await _send(bot, self.chat_id, message)
+        for chat_id, message in self.elsewhere:
+            try:
+                await _send(bot, chat_id, message)
+            except TelegramAPIError as exc:  # e.g. a staff member who never opened the bot
+                log.warning("could not write to chat %s: %s", chat_id, exc)
 
 
 async def _send(bot: Bot, chat_id: int, message: OutMessage, attempts: int = 3) -> None:
@@ -117,10 +131,11 @@ def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, 
 
 class UpdatePipeline(BaseMiddleware):
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], clock: Clock,
-                 default_locale: str) -> None:
+                 default_locale: str, wakeup: Wakeup | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.clock = clock
         self.default_locale = default_locale
+        self.wakeup = wakeup
         self.locks = KeyedLocks()
 
     async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
@@ -147,7 +162,19 @@ class UpdatePipeline(BaseMiddleware):
                               chat_id: int | None, user_id: int | None, chat_type: str | None,
                               language: str | None) -> Any:
         now = self.clock()
-        async with self.sessionmaker() as session, session.begin():
+        async with self.sessionmaker() as session:
+            result = await self._handle(session, handler, event, data, responder, now,
+                                        chat_id, user_id, chat_type, language)
+            if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
+                self.wakeup.set()
+            return result
+
+    async def _handle(self, session: AsyncSession,
+                      handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+                      event: Update, data: dict[str, Any], responder: Responder, now: datetime,
+                      chat_id: int | None, user_id: int | None, chat_type: str | None,
+                      language: str | None) -> Any:
+        async with session.begin():
             if not await claim_update(session, event.update_id, now):
                 log.info("update %s already processed; skipped", event.update_id)
                 return None

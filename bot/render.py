@@ -14,9 +14,10 @@ from aiogram.types import (
     ReplyKeyboardRemove,
 )
 
-from bot.callbacks import IntakeButton, MenuAction, MenuButton
+from bot.callbacks import IntakeButton, MenuAction, MenuButton, StaffAction
 from dialogs.i18n import t
 from dialogs.messages import Keyboard, Reply
+from handoff.outbox import Button
 
 #: Telegram's limit, counted on the text after entity parsing.
 MESSAGE_LIMIT = 4096
@@ -102,3 +103,11 @@ def language_menu() -> InlineKeyboardMarkup:
         InlineKeyboardButton(text=t("en", "language.en"),
                              callback_data=MenuButton(action=MenuAction.LANG_EN).pack()),
     ]])
+
+
+def staff_keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[
+        [InlineKeyboardButton(text=b.label, callback_data=StaffAction(
+            case=b.case_id, action=b.action, v=b.version, arg=b.arg).pack()) for b in row]
+        for row in rows
+    ])

@@ -20,6 +20,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.session.base import BaseSession
 from aiogram.methods import (
     CopyMessage,
+    EditMessageText,
     GetMe,
     SendDocument,
     SendMediaGroup,
@@ -88,6 +89,8 @@ class FakeTelegram(BaseSession):
             return [self._message(method.chat_id) for _ in method.media]
         if isinstance(method, CopyMessage):
             return MessageId(message_id=next(self._ids))
+        if isinstance(method, EditMessageText) and method.chat_id is not None:
+            return self._message(method.chat_id, text=method.text)
         return True
 
     # -- reading what was sent ------------------------------------------------------
@@ -95,6 +98,11 @@ class FakeTelegram(BaseSession):
     def sent(self, chat_id: int | None = None) -> list[SendMessage]:
         return [c for c in self.calls if isinstance(c, SendMessage)
                 and (chat_id is None or int(c.chat_id) == chat_id)]
+
+    def shown(self, chat_id: int) -> list[SendMessage | EditMessageText]:
+        """Messages sent to a chat and edits made there, in order."""
+        return [c for c in self.calls if isinstance(c, SendMessage | EditMessageText)
+                and c.chat_id is not None and int(c.chat_id) == chat_id]
 
 
 @dataclass
@@ -115,6 +123,11 @@ class Simulator:
     def citizen(self, user_id: int = 1001, language_code: str = "zh", first_name: str = "Citizen") -> SimUser:
         user = User(id=user_id, is_bot=False, first_name=first_name, language_code=language_code)
         return SimUser(self, user, Chat(id=user_id, type="private"))
+
+    def staff(self, user_id: int, chat_id: int, first_name: str = "Staff") -> SimUser:
+        """A person in a staff group chat (staff or not: the bot decides)."""
+        user = User(id=user_id, is_bot=False, first_name=first_name, language_code="zh")
+        return SimUser(self, user, Chat(id=chat_id, type="supergroup", title="Staff"))
 
     async def feed(self, update: Update) -> None:
         await self.dp.feed_update(self.bot, update)
@@ -140,7 +153,7 @@ class SimUser:
         return [m.text for m in self.received[mark:]]
 
     def keyboard(self) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | None:
-        for sent in reversed(self.received):
+        for sent in reversed(self.sim.telegram.shown(self.chat.id)):
             if isinstance(sent.reply_markup, InlineKeyboardMarkup | ReplyKeyboardMarkup):
                 return sent.reply_markup
         return None
@@ -166,6 +179,21 @@ class SimUser:
     async def send(self, text: str) -> list[str]:
         mark = len(self.received)
         await self.sim.feed(self.message_update(text=text))
+        return self.texts_since(mark)
+
+    async def reply_to(self, message_id: int, text: str | None = None, *, photo: bool = False) -> list[str]:
+        """Answer a message of the bot with Telegram's "reply"."""
+        original = Message(message_id=message_id, date=datetime.now(UTC), chat=self.chat,
+                           from_user=BOT_USER, text="…")
+        fields: dict[str, Any] = {"reply_to_message": original}
+        if photo:
+            file_id, unique = self._file("photo")
+            fields["photo"] = [PhotoSize(file_id=file_id, file_unique_id=unique, width=800, height=600)]
+            fields["caption"] = text
+        else:
+            fields["text"] = text
+        mark = len(self.received)
+        await self.sim.feed(self.message_update(**fields))
         return self.texts_since(mark)
 
     def press_update(self, label_or_index: str | int) -> Update:

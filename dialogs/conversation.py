@@ -6,7 +6,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from state_machine.intake import Step
+from state_machine.intake import FLOW, Step
 
 
 @dataclass(eq=False)
@@ -29,6 +29,9 @@ class Conversation:
     emergency: bool = False
     #: The album (media group) of the last attachment: one acknowledgement per album.
     last_album: str | None = None
+    #: The answers as they were when a change from the summary began: going
+    #: back restores them, so an abandoned change leaves nothing half-done.
+    edit_snapshot: dict[str, Any] | None = None
     #: Set by the engine for the ``applies`` condition; not persisted logic.
     id_required_for: tuple[str, ...] = ()
     has_subcategories: bool = False
@@ -51,6 +54,10 @@ class Conversation:
 
     def is_editing(self) -> bool:
         return self.editing
+
+    def first_missing(self) -> Step | None:
+        """The first question that applies and has no answer (None: ready to confirm)."""
+        return next((s for s in FLOW if self.applies(s) and s.value not in self.answers), None)
 
     def edit_target(self) -> str | None:
         return self.edit_to

@@ -7,6 +7,7 @@ changes nothing: the same question comes back with the reason in front of it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,7 +100,7 @@ class IntakeEngine:
             if inp.step != conv.state:
                 out.extend(self._again(conv, locale, Text("error.stale_button")))
                 return Outcome(conv, out)
-            if inp.value == S.NAV_BACK:
+            if inp.value == S.NAV_BACK and conv.state != Step.SUMMARY:
                 return Outcome(conv, out + self._command(conv, Command.BACK, locale))
             if inp.value.startswith(S.NAV_PAGE):
                 conv.page = _int(inp.value.removeprefix(S.NAV_PAGE))
@@ -182,13 +183,16 @@ class IntakeEngine:
                 Button(S.CANCEL_NO, label_key="button.cancel_no"),
             ),)))]
         if command is Command.BACK:
+            if conv.editing and conv.edit_snapshot is not None:
+                # Leaving a change half-way: the answers go back to what they were.
+                conv.answers = conv.edit_snapshot
             moved = fire(conv, "back")
             if moved is None:
                 return self._again(conv, locale, Text("error.back.first"))
             conv.state = moved
             conv.page = 0
             if moved == Step.SUMMARY:
-                conv.editing, conv.edit_to = False, None
+                conv.editing, conv.edit_to, conv.edit_snapshot = False, None, None
                 return self.summary(conv, locale)
             return [self.ask(conv, locale)]
         # HELP
@@ -203,7 +207,7 @@ class IntakeEngine:
         conv.state = moved
         conv.page = 0
         if moved == Step.SUMMARY:
-            conv.editing, conv.edit_to = False, None
+            conv.editing, conv.edit_to, conv.edit_snapshot = False, None, None
             out.extend(self.summary(conv, locale))
         else:
             out.append(self.ask(conv, locale))
@@ -234,7 +238,7 @@ class IntakeEngine:
         return True
 
     def _text_of(self, inp: Input, locale: str, limit: int) -> str:
-        if inp.kind in (InputKind.TEXT, InputKind.CONTACT):
+        if inp.kind is InputKind.TEXT:
             return clean_text(inp.text, max_length=limit)
         what = inp.other_type if inp.kind is InputKind.OTHER else inp.kind.value
         raise InputError("error.expected_text", what=_media_name(locale, what))
@@ -325,6 +329,11 @@ class IntakeEngine:
                     out: list[Reply]) -> Outcome:
         if inp.kind is InputKind.BUTTON:
             if inp.value == S.CONFIRM:
+                missing = conv.first_missing()
+                if missing is not None:  # never submit without what the law or the bureau requires
+                    conv.state, conv.editing, conv.edit_to, conv.edit_snapshot = missing.value, True, None, None
+                    out.append(self.ask(conv, locale, Text("error.summary.missing")))
+                    return Outcome(conv, out)
                 moved = fire(conv, "confirm")
                 if moved is None:  # pragma: no cover - summary always confirms
                     raise RuntimeError("intake machine refused confirm from the summary")
@@ -341,9 +350,10 @@ class IntakeEngine:
                 return Outcome(conv, out)
             if inp.value.startswith(S.EDIT_PREFIX):
                 conv.editing, conv.edit_to = True, inp.value.removeprefix(S.EDIT_PREFIX)
+                conv.edit_snapshot = copy.deepcopy(conv.answers)
                 moved = fire(conv, "edit")
                 if moved is None:
-                    conv.editing, conv.edit_to = False, None
+                    conv.editing, conv.edit_to, conv.edit_snapshot = False, None, None
                     out.append(self._summary_prompt(locale, Text("error.choice.unknown")))
                     return Outcome(conv, out)
                 conv.state, conv.page = moved, 0

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogs.conversation import Conversation
 from dialogs.engine import IntakeEngine, Submission
 from dialogs.messages import Input, Reply
+from dialogs.i18n import t
 from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
+from handoff.outbox import PRIORITY_URGENT, enqueue
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository
 
@@ -28,9 +31,12 @@ _NUMBER_ATTEMPTS = 8
 
 
 class IntakeService:
-    def __init__(self, engine: IntakeEngine) -> None:
+    def __init__(self, engine: IntakeEngine, staff_chat_id: int | None = None,
+                 staff_locale: str = "zh") -> None:
         self.engine = engine
         self.bureau = engine.bureau
+        self.staff_chat_id = staff_chat_id
+        self.staff_locale = staff_locale
 
     def in_progress(self, citizen: CitizenSession) -> bool:
         return citizen.state is not None
@@ -89,6 +95,7 @@ class IntakeService:
             id_number=a.get("id_number") or None, address=a["address"],
             publish=a.get("publish") == "yes", emergency=sub.emergency,
             consent_at=datetime.fromisoformat(sub.consent_at), submitted_at=now,
+            attachment_count=len(sub.attachments), suggested_unit=self._suggested_unit(a["location"]),
         )
         events = [
             CaseEvent(at=datetime.fromisoformat(sub.consent_at), actor_kind="citizen",
@@ -98,4 +105,48 @@ class IntakeService:
                       action="submitted", status="submitted"),
         ]
         await cases.add(case, sub.attachments, events)
+        self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code
+
+    def _suggested_unit(self, location: str) -> str | None:
+        unit = self.bureau.unit(location)
+        return unit.code if unit is not None and unit.kind != "city" else None
+
+    def _hand_to_staff(self, session: AsyncSession, case: Case, attachments: list[dict[str, Any]],
+                       now: datetime) -> None:
+        """Queue the staff card and the attachments, in the case's transaction."""
+        chat = self.staff_chat_id
+        if chat is None:
+            log.warning("case %s is queued but PETITION_STAFF_CHAT_ID is not set: no card is posted",
+                        case.tracking_number)
+            return
+        if case.emergency:
+            enqueue(session, kind="text", chat_id=chat, case_id=case.id, now=now, priority=PRIORITY_URGENT,
+                    payload={"text": str(t(self.staff_locale, "staff.urgent", tracking=case.tracking_number))})
+        enqueue(session, kind="card", chat_id=chat, case_id=case.id, now=now)
+        for group in _albums(attachments):
+            caption = str(t(self.staff_locale, "staff.attachment", tracking=case.tracking_number))
+            base = {"reply_to_card": True, "map_replies": True}
+            if len(group) == 1:
+                item = group[0]
+                text = caption + (f"\n{item['caption']}" if item.get("caption") else "")
+                enqueue(session, kind="file", chat_id=chat, case_id=case.id, now=now,
+                        payload={**base, "file_kind": item["kind"], "file_id": item["file_id"], "caption": text})
+            else:
+                items = [{"kind": i["kind"], "file_id": i["file_id"],
+                          "caption": caption if n == 0 else i.get("caption")} for n, i in enumerate(group)]
+                enqueue(session, kind="album", chat_id=chat, case_id=case.id, now=now,
+                        payload={**base, "items": items})
+
+
+def _albums(attachments: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Attachments in order, an album's items together (Telegram sends at most 10 at once)."""
+    groups: list[list[dict[str, Any]]] = []
+    for item in attachments:
+        album = item.get("media_group_id")
+        if (album and groups and groups[-1][0].get("media_group_id") == album and len(groups[-1]) < 10
+                and all(i["kind"] == item["kind"] for i in groups[-1])):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups

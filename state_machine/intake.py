@@ -153,7 +153,7 @@ def _install_conditions() -> None:
         setattr(IntakeModel, f"ask_{step}",
                 lambda self, _s=step: self._judge.should_ask(_s))
         setattr(IntakeModel, f"edit_to_{step}",
-                lambda self, _s=step: self._judge.edit_target() == _s)
+                lambda self, _s=step: self._judge.edit_target() == _s and self._judge.applies(_s))
 
 
 _install_conditions()

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Index,
     BigInteger,
     Boolean,
     DateTime,
@@ -109,10 +110,37 @@ class Case(Base):
     address: Mapped[str] = mapped_column(Text)
     publish: Mapped[bool] = mapped_column(Boolean, default=False)
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    attachment_count: Mapped[int] = mapped_column(Integer, default=0)
 
     consent_at: Mapped[datetime]
     submitted_at: Mapped[datetime] = mapped_column(index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
+
+    # -- handling (staff side) --------------------------------------------------
+    #: The unit suggested from the location (the citizen's answer); staff route it.
+    suggested_unit: Mapped[str | None] = mapped_column(String(16))
+    #: The unit the case was transferred or assigned to.
+    unit_code: Mapped[str | None] = mapped_column(String(16), index=True)
+    assignee_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    #: 交办 due date set by the bureau.
+    due_at: Mapped[datetime | None]
+    route: Mapped[int | None] = mapped_column(Integer)
+    redirect_channel: Mapped[str | None] = mapped_column(String(16))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    extension_days: Mapped[int | None] = mapped_column(Integer)
+    duplicate_of: Mapped[str | None] = mapped_column(String(32))
+    registered_at: Mapped[datetime | None]
+    routed_at: Mapped[datetime | None]
+    unit_received_at: Mapped[datetime | None]
+    acceptance_notice_at: Mapped[datetime | None]
+    decision_issued_at: Mapped[datetime | None]
+    decision_delivered_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    #: Where the staff card was posted, to edit it in place.
+    card_chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    card_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The citizen blocked the bot: notices cannot reach them (shown on the card).
+    citizen_unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
 
     attachments: Mapped[list[Attachment]] = relationship(
         back_populates="case", lazy="raise", order_by="Attachment.position")
@@ -157,3 +185,68 @@ class CaseEvent(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     case: Mapped[Case] = relationship(back_populates="events", lazy="raise")
+
+
+class Staff(Base):
+    """Who may act on cases. Admins come from PETITION_ADMIN_IDS and manage the rest."""
+
+    __tablename__ = "staff"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    role: Mapped[str] = mapped_column(String(16))  # admin | staff
+    unit_code: Mapped[str | None] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    added_by: Mapped[int | None] = mapped_column(BigInteger)
+    added_at: Mapped[datetime]
+
+
+class OutboxMessage(Base):
+    """A message to someone other than the sender of the update being handled.
+
+    Written in the same transaction as the change that causes it and delivered
+    by the worker in ``handoff/outbox.py``: nothing is lost if the process dies
+    between the commit and the send.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: Lower goes first: urgent pages 0, citizen notices 10, staff messages 50, card edits 60.
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed|superseded
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+
+class StaffMessage(Base):
+    """Messages the bot posted in staff chats, so a staff reply finds its case."""
+
+    __tablename__ = "staff_messages"
+
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+
+
+class StaffPrompt(Base):
+    """A staff action waiting for its free text (a reason, a reply), one per person and chat."""
+
+    __tablename__ = "staff_prompts"
+
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    case_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]

@@ -15,10 +15,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from bot.app import create_bot, create_dispatcher
+from bot.app import create_bot, create_dispatcher, create_outbox_worker
 from bot.settings import Settings
 from bot.simulator import FakeTelegram, Simulator
 from dialogs.bureau import BureauConfig, load_bureau_config
+from handoff.outbox import OutboxWorker
+from handoff.pacer import Pacer
 from storage.db import create_engine, create_sessionmaker, migrate
 
 PG_URL = os.environ.get("PETITION_TEST_DATABASE_URL")
@@ -99,6 +101,16 @@ def settings(database_url: str) -> Settings:
                     staff_chat_id=STAFF_CHAT, admin_ids=[9001])
 
 
+class Monotonic:
+    """A fake monotonic clock for the pacer, moved together with the test clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class App:
     sim: Simulator
@@ -107,6 +119,19 @@ class App:
     clock: TestClock
     settings: Settings
     bureau: BureauConfig
+    worker: OutboxWorker
+    monotonic: Monotonic
+
+    async def deliver(self, max_rounds: int = 10_000) -> None:
+        """Run the outbox until nothing is pending, moving time over pacing waits and back-offs."""
+        for _ in range(max_rounds):
+            wait = await self.worker.deliver_due()
+            if wait is None:
+                return
+            if wait > 0:
+                self.clock.advance(seconds=wait)
+                self.monotonic.now += wait
+        raise AssertionError("outbox did not drain")
 
     def restart(self) -> App:
         """A new dispatcher, bot and fake API on the same database (a process restart)."""
@@ -121,7 +146,9 @@ def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
     dp = create_dispatcher(settings, sessionmaker, bureau, clock=clock)
     sim = Simulator(dp, bot, telegram)
     sim.start_update_ids(first_update_id)
-    return App(sim, telegram, sessionmaker, clock, settings, bureau)
+    monotonic = Monotonic()
+    worker = create_outbox_worker(dp, sessionmaker, bot, clock=clock, pacer=Pacer(clock=monotonic))
+    return App(sim, telegram, sessionmaker, clock, settings, bureau, worker, monotonic)
 
 
 @pytest.fixture

@@ -7,20 +7,22 @@ from datetime import datetime
 from typing import Any
 
 from aiogram import Router
+from aiogram.enums import ContentType
 from aiogram.filters import Command, CommandObject, CommandStart, Filter
-from aiogram.types import CallbackQuery, Message, TelegramObject
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, TelegramObject
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.callbacks import IntakeButton, MenuAction, MenuButton
+from bot.callbacks import IntakeButton, MenuAction, MenuButton, RelayChoice
 from bot.middlewares import Responder
 from bot.render import language_menu, main_menu
 from dialogs.bureau import BureauConfig
-from dialogs.i18n import LOCALES, t
+from dialogs.i18n import LOCALES
 from dialogs.messages import Command as IntakeCommand
 from dialogs.messages import Input, InputKind, Media
 from handoff.intake import IntakeService
+from handoff.relay import RelayService
 from handoff.status import StatusService
-from storage.models import CitizenSession
+from storage.models import Case, CitizenSession
 
 AWAITING_STATUS = "status"
 
@@ -55,7 +57,7 @@ def message_input(message: Message) -> Input:
             file_id=doc.file_id, file_unique_id=doc.file_unique_id, kind="document",
             size=doc.file_size, mime_type=doc.mime_type, file_name=doc.file_name,
             media_group_id=message.media_group_id, caption=message.caption))
-    return Input(InputKind.OTHER, other_type=str(message.content_type), text=message.caption or "")
+    return Input(InputKind.OTHER, other_type=ContentType(message.content_type).value, text=message.caption or "")
 
 
 def build_citizen_router() -> Router:
@@ -140,19 +142,17 @@ def build_citizen_router() -> Router:
         inp = Input(InputKind.BUTTON, step=callback_data.step, value=callback_data.value)
         responder.reply(*await intake.handle(session, citizen, inp, now))
 
-    @router.callback_query()
-    async def on_unknown_button(query: CallbackQuery, responder: Responder) -> None:
-        responder.callback = query
-        responder.say("idle_hint")
-
     @router.edited_message()
-    async def on_edited(message: Message, responder: Responder) -> None:
+    async def on_edited(message: Message, responder: Responder, bureau: BureauConfig) -> None:
+        said = message.text or message.caption or ""
+        if said and bureau.emergency_words.match(said):
+            responder.say("emergency.advice_idle")
         responder.say("edited_ignored")
 
     @router.message()
     async def on_message(message: Message, citizen: CitizenSession, responder: Responder,
-                         intake: IntakeService, status: StatusService, session: AsyncSession,
-                         now: datetime, **_: Any) -> None:
+                         intake: IntakeService, status: StatusService, relay: RelayService,
+                         bureau: BureauConfig, session: AsyncSession, now: datetime) -> None:
         if citizen.awaiting == AWAITING_STATUS and message.text:
             citizen.awaiting = None
             parts = message.text.split()
@@ -165,9 +165,67 @@ def build_citizen_router() -> Router:
         if intake.in_progress(citizen):
             responder.reply(*await intake.handle(session, citizen, message_input(message), now))
             return
-        responder.say("idle_hint", main_menu(responder.locale))
+        content = relay_content(message)
+        cases = await relay.open_cases(session, citizen.user_id) if content else []
+        if not cases or content is None:
+            said = message.text or message.caption or ""
+            if said and bureau.emergency_words.match(said):
+                responder.say("emergency.advice_idle")
+            responder.say("idle_hint", main_menu(responder.locale))
+            return
+        urgent = _urgent(bureau, message, responder)
+        if len(cases) == 1:
+            relay.relay(session, cases[0], content, now, urgent=urgent)
+            responder.say("relay.sent", tracking=cases[0].tracking_number)
+            return
+        citizen.data = {"relay": content, "urgent": urgent}
+        responder.say("relay.which", relay_menu(cases))
+
+    @router.callback_query(RelayChoice.filter())
+    async def on_relay_choice(query: CallbackQuery, callback_data: RelayChoice, citizen: CitizenSession,
+                              responder: Responder, relay: RelayService, session: AsyncSession,
+                              now: datetime) -> None:
+        responder.callback = query
+        content = citizen.data.get("relay") if citizen.state is None else None
+        case = await relay.case_of(session, citizen.user_id, callback_data.case)
+        if not content or case is None:
+            responder.say("relay.expired")
+            return
+        relay.relay(session, case, content, now, urgent=bool(citizen.data.get("urgent")))
+        citizen.data = {}
+        responder.say("relay.sent", tracking=case.tracking_number)
+
+    @router.callback_query()
+    async def on_unknown_button(query: CallbackQuery, responder: Responder) -> None:
+        responder.callback = query
+        responder.say("idle_hint")
 
     return router
+
+
+def relay_content(message: Message) -> dict[str, Any] | None:
+    """What of a message can be passed on to staff (text, a photo or a file)."""
+    if message.text:
+        return {"text": message.text}
+    if message.photo:
+        return {"file_kind": "photo", "file_id": message.photo[-1].file_id, "caption": message.caption}
+    if message.document is not None:
+        return {"file_kind": "document", "file_id": message.document.file_id, "caption": message.caption}
+    return None
+
+
+def relay_menu(cases: list[Case]) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[
+        [InlineKeyboardButton(text=f"{c.tracking_number} · {c.title[:30]}",
+                              callback_data=RelayChoice(case=c.id).pack())] for c in cases])
+
+
+def _urgent(bureau: BureauConfig, message: Message, responder: Responder) -> bool:
+    said = message.text or message.caption or ""
+    if said and bureau.emergency_words.match(said):
+        responder.say("emergency.advice")
+        return True
+    return False
 
 
 def _bureau_name(bureau: BureauConfig, locale: str) -> str:
@@ -186,5 +244,3 @@ def _help(responder: Responder, bureau: BureauConfig) -> None:
                   address=info.address_en if english else info.address_zh,
                   hours=info.hours_en if english else info.hours_zh, phone=info.phone)
 
-
-__all__ = ["build_citizen_router", "message_input", "t"]

@@ -4,19 +4,27 @@ or, from the ``alembic`` command line, on the URL in ``sqlalchemy.url``."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from storage.models import Base
+from storage.models import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def _render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Write our column types as plain SQLAlchemy types in new revisions."""
+    if kind == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=True, compare_type=True)
+                      render_as_batch=True, compare_type=True, render_item=_render_item)
     with context.begin_transaction():
         context.run_migrations()
 

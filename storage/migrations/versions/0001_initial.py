@@ -1,8 +1,8 @@
-"""intake: citizen sessions, processed updates, cases
+"""initial schema: citizen sessions, cases, timeline, outbox, staff
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 03:44:01.322489
+Create Date: 2026-11-27 03:56:57.104490
 """
 from __future__ import annotations
 
@@ -45,16 +45,38 @@ def upgrade() -> None:
     sa.Column('address', sa.Text(), nullable=False),
     sa.Column('publish', sa.Boolean(), nullable=False),
     sa.Column('emergency', sa.Boolean(), nullable=False),
+    sa.Column('attachment_count', sa.Integer(), nullable=False),
     sa.Column('consent_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('suggested_unit', sa.String(length=16), nullable=True),
+    sa.Column('unit_code', sa.String(length=16), nullable=True),
+    sa.Column('assignee_id', sa.BigInteger(), nullable=True),
+    sa.Column('due_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('route', sa.Integer(), nullable=True),
+    sa.Column('redirect_channel', sa.String(length=16), nullable=True),
+    sa.Column('decision', sa.String(length=16), nullable=True),
+    sa.Column('extension_days', sa.Integer(), nullable=True),
+    sa.Column('duplicate_of', sa.String(length=32), nullable=True),
+    sa.Column('registered_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('routed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('unit_received_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('acceptance_notice_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('decision_issued_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('decision_delivered_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('card_chat_id', sa.BigInteger(), nullable=True),
+    sa.Column('card_message_id', sa.BigInteger(), nullable=True),
+    sa.Column('citizen_unreachable', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
     sa.UniqueConstraint('tracking_number', name=op.f('uq_cases_tracking_number'))
     )
     with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_cases_assignee_id'), ['assignee_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_citizen_user_id'), ['citizen_user_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_submitted_at'), ['submitted_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_unit_code'), ['unit_code'], unique=False)
 
     op.create_table('citizen_sessions',
     sa.Column('user_id', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -74,6 +96,15 @@ def upgrade() -> None:
     with op.batch_alter_table('processed_updates', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_processed_updates_processed_at'), ['processed_at'], unique=False)
 
+    op.create_table('staff',
+    sa.Column('user_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('unit_code', sa.String(length=16), nullable=True),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('added_by', sa.BigInteger(), nullable=True),
+    sa.Column('added_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('user_id', name=op.f('pk_staff'))
+    )
     op.create_table('case_attachments',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('case_id', sa.Integer(), nullable=False),
@@ -108,9 +139,61 @@ def upgrade() -> None:
     with op.batch_alter_table('case_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_case_events_case_id'), ['case_id'], unique=False)
 
+    op.create_table('outbox',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=24), nullable=False),
+    sa.Column('chat_id', sa.BigInteger(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=True),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_outbox_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
+    )
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_outbox_case_id'), ['case_id'], unique=False)
+        batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
+
+    op.create_table('staff_messages',
+    sa.Column('chat_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('message_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_staff_messages_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('chat_id', 'message_id', name=op.f('pk_staff_messages'))
+    )
+    with op.batch_alter_table('staff_messages', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_staff_messages_case_id'), ['case_id'], unique=False)
+
+    op.create_table('staff_prompts',
+    sa.Column('chat_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('user_id', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('action', sa.String(length=32), nullable=False),
+    sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('case_version', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_staff_prompts_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('chat_id', 'user_id', name=op.f('pk_staff_prompts'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('staff_prompts')
+    with op.batch_alter_table('staff_messages', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_staff_messages_case_id'))
+
+    op.drop_table('staff_messages')
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_due')
+        batch_op.drop_index(batch_op.f('ix_outbox_case_id'))
+
+    op.drop_table('outbox')
     with op.batch_alter_table('case_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_case_events_case_id'))
 
@@ -119,14 +202,17 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_case_attachments_case_id'))
 
     op.drop_table('case_attachments')
+    op.drop_table('staff')
     with op.batch_alter_table('processed_updates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_processed_updates_processed_at'))
 
     op.drop_table('processed_updates')
     op.drop_table('citizen_sessions')
     with op.batch_alter_table('cases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_cases_unit_code'))
         batch_op.drop_index(batch_op.f('ix_cases_submitted_at'))
         batch_op.drop_index(batch_op.f('ix_cases_status'))
         batch_op.drop_index(batch_op.f('ix_cases_citizen_user_id'))
+        batch_op.drop_index(batch_op.f('ix_cases_assignee_id'))
 
     op.drop_table('cases')
