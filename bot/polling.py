@@ -29,7 +29,14 @@ from aiogram.exceptions import (
 )
 from aiogram.types import Update
 
-from bot.app import ALLOWED_UPDATES, create_bot, create_dispatcher, open_database, set_commands
+from bot.app import (
+    ALLOWED_UPDATES,
+    create_bot,
+    create_dispatcher,
+    create_outbox_worker,
+    open_database,
+    set_commands,
+)
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 
@@ -150,7 +157,13 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
         log.info("polling as @%s", me.username)
         await bot.delete_webhook(drop_pending_updates=False)
         await set_commands(bot, settings.default_locale)
-        return await Poller(dp, bot, settings.polling_timeout).run(stop)
+        worker = create_outbox_worker(dp, sessionmaker, bot)
+        delivery = asyncio.create_task(worker.run(stop))
+        try:
+            return await Poller(dp, bot, settings.polling_timeout).run(stop)
+        finally:
+            stop.set()
+            await delivery
     except TelegramUnauthorizedError:
         log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")
         return 2

@@ -76,3 +76,33 @@ async def test_polling_survives_kill_9_mid_dialog_and_never_drops_updates(api: F
     assert "Traceback" not in log
     # Everything processed was confirmed before the graceful exit.
     assert api.pending == [] or all(u["update_id"] > api.confirmed_up_to for u in api.pending)
+
+
+async def test_polling_delivers_the_staff_card_and_staff_actions_reach_the_citizen(api: FakeBotAPI, tmp_path: Path) -> None:
+    bot = BotProcess(f"http://127.0.0.1:{api.port}", tmp_path / "p.db", tmp_path)
+    staff_chat, admin = -100777, 4040
+    bot.env.update({"PETITION_STAFF_CHAT_ID": str(staff_chat), "PETITION_ADMIN_IDS": str(admin)})
+    await bot.start()
+    steps = [("text", "/new"), ("cb", "consent:accept"), ("cb", "matter_class:suggestion"), ("text", "教育"),
+             ("cb", "subcategory:~skip"), ("text", "东城"), ("text", "标题"), ("text", "诉求"), ("text", "事实"),
+             ("text", "理由"), ("cb", "occurred:~skip"), ("cb", "accused:~skip"), ("cb", "litigation:none"),
+             ("cb", "attachments:~done"), ("text", "李四"), ("text", "13912345678"), ("text", "地址"),
+             ("cb", "publish:no"), ("cb", "summary:~confirm")]
+    for n, (kind, value) in enumerate(steps, 1):
+        if kind == "text":
+            api.push_text(CITIZEN, value)
+        else:
+            step, _, choice = value.partition(":")
+            api.push_callback(CITIZEN, IntakeButton(step=step, value=choice).pack())
+        await api.wait_for(CITIZEN, n if n < 16 else n + 1)  # the phone step adds a "saved" line
+    [card] = await api.wait_for(staff_chat, 1)
+    assert "待登记" in card.text and "李*" in card.text
+    register = next(data for label, data in card.buttons() if "登记" in label)
+    api.pending.append({"update_id": 10_000, "callback_query": {
+        "id": "cbx", "chat_instance": "x", "data": register,
+        "from": {"id": admin, "is_bot": False, "first_name": "A"},
+        "message": {"message_id": 1, "date": 0, "chat": {"id": staff_chat, "type": "supergroup"}, "text": "…"}}})
+    api._news.set()
+    messages = await api.wait_for(CITIZEN, len(steps) + 2)
+    assert "已登记" in messages[-1].text
+    assert await bot.kill(signal.SIGTERM) == 0
