@@ -81,7 +81,7 @@ def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncS
         clock=clock, pacer=pacer or Pacer(), alert_chat_ids=alerts, wakeup=dp["outbox_wakeup"],
         alert_text=lambda row: str(t(locale, "staff.delivery_failed", id=row.id, chat=row.chat_id,
                                      error=row.last_error or "")),
-        on_sent=staff.delivered,
+        on_sent=staff.delivered, max_attempts=settings.outbox_max_attempts,
     )
 
 

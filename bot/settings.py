@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Seconds a getUpdates long poll waits on Telegram's side.
     polling_timeout: int = Field(default=30, ge=0, le=50)
+    #: Failed sends (5xx, network) of one notification before it is given up and admins are told.
+    outbox_max_attempts: int = Field(default=8, ge=1, le=100)
 
     @field_validator("admin_ids", mode="before")
     @classmethod

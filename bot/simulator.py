@@ -242,11 +242,11 @@ class SimUser:
         return self.texts_since(mark)
 
     async def send_document(self, *, size: int = 300_000, name: str = "contract.pdf",
-                            mime: str = "application/pdf") -> list[str]:
+                            mime: str = "application/pdf", caption: str | None = None) -> list[str]:
         file_id, unique = self._file("doc")
         doc = Document(file_id=file_id, file_unique_id=unique, file_name=name, mime_type=mime, file_size=size)
         mark = len(self.received)
-        await self.sim.feed(self.message_update(document=doc))
+        await self.sim.feed(self.message_update(document=doc, caption=caption))
         return self.texts_since(mark)
 
     async def share_contact(self, phone: str, *, own: bool = True) -> list[str]:

@@ -64,9 +64,6 @@ OWN_NOTICE = frozenset({
     Action.DECIDE_REVIEW, Action.DECIDE_REREVIEW, Action.CLOSE, Action.REDIRECT,
     Action.MARK_DUPLICATE, Action.NOT_REACCEPT,
 })
-#: Internal steps the citizen needs no message for (the card still changes).
-SILENT = frozenset({Action.RECEIVE, Action.OBJECT, Action.REROUTE, Action.SUBMIT_FOR_AUDIT,
-                    Action.RETURN_FOR_REWORK})
 PAGE = 8
 
 
@@ -170,7 +167,7 @@ class StaffService:
         return await session.get(StaffPrompt, (chat_id, user_id))
 
     async def answer_prompt(self, session: AsyncSession, staff: Staff, prompt: StaffPrompt, text: str,
-                            now: datetime) -> Outcome:
+                            now: datetime, file: tuple[str, str] | None = None) -> Outcome:
         """The free text an action was waiting for."""
         case = await session.get(Case, prompt.case_id)
         await session.delete(prompt)
@@ -190,7 +187,14 @@ class StaffService:
                                     action=prompt.action, params=prompt.params,
                                     case_version=prompt.case_version, created_at=prompt.created_at))
             return Outcome(text=t(self.locale, err.key, **err.params))
-        return await self._apply(session, case, staff, prompt.action, dict(prompt.params), cleaned, now)
+        outcome = await self._apply(session, case, staff, prompt.action, dict(prompt.params), cleaned, now)
+        if outcome.done and file is not None:
+            # A written notice or decision document sent with the text goes to the citizen after it.
+            kind, file_id = file
+            enqueue(session, kind="file", chat_id=case.citizen_chat_id, case_id=case.id, now=now,
+                    priority=PRIORITY_CITIZEN, payload={"file_kind": kind, "file_id": file_id, "caption": str(
+                        t(case.locale, "notice.file", tracking=case.tracking_number, text=""))})
+        return outcome
 
     async def cancel_prompt(self, session: AsyncSession, chat_id: int, user_id: int) -> bool:
         prompt = await self.pending_prompt(session, chat_id, user_id)
@@ -339,6 +343,10 @@ class StaffService:
                 return t(self.locale, "staff.refused.bad_choice")
             case.unit_code, case.routed_at = unit.code, now
             notice["unit"] = unit.name_en if case.locale == "en" else unit.name_zh
+            if unit.chat_id is not None and unit.chat_id != case.card_chat_id:
+                # The unit works in its own chat (or forum topic): the card moves there.
+                enqueue(session, kind="card", chat_id=unit.chat_id, case_id=case.id, now=now,
+                        payload={"thread_id": unit.topic_id} if unit.topic_id else {})
             if action is Action.ASSIGN:
                 case.due_at = now + timedelta(days=int(params["d"]))
         if action is Action.REDIRECT:
@@ -367,8 +375,6 @@ class StaffService:
         if action is Action.CLOSE:
             case.closed_at = now
         case.status = new
-        if action in SILENT:
-            return None
         on_sent = {Action.DECIDE: "decision_delivered", Action.DECIDE_REVIEW: "review_delivered"}.get(action)
         key = f"notice.{action.value}" if action in OWN_NOTICE else "notice.status"
         notice["status"] = t(case.locale, f"status.name.{new}")

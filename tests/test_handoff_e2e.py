@@ -373,3 +373,44 @@ async def test_only_one_extension_is_allowed(app: App) -> None:
     assert case.status == "in_handling"
     await _press(app, ADMIN, case, "extend", "d=10")
     assert "只能延长一次" in _toasts(app)[-1]
+
+
+async def test_a_decision_document_sent_with_the_decision_text_reaches_the_citizen(app: App) -> None:
+    citizen = app.sim.citizen()
+    await file_petition(citizen)
+    await app.deliver()
+    for action, arg in (("register", ""), ("transfer", "u=441900121"), ("receive", ""), ("accept", ""),
+                        ("start_handling", "")):
+        await _act(app, ADMIN, action, arg)
+    case = await _case(app)
+    await _press(app, ADMIN, case, "decide", "o=explain")
+    await app.sim.staff(ADMIN, STAFF_CHAT).send_document(name="处理意见书.pdf", caption="依据劳动合同法作出解释说明")
+    await app.deliver()
+    to_citizen = [c for c in app.telegram.calls if getattr(c, "chat_id", None) == citizen.chat.id]
+    assert "解释说明" in to_citizen[-2].text
+    assert type(to_citizen[-1]).__name__ == "SendDocument"
+    assert (await _case(app)).status == "review_window"
+
+
+async def test_a_unit_with_its_own_chat_gets_the_card_on_transfer(settings, sessionmaker, clock) -> None:  # type: ignore[no-untyped-def]
+    from dialogs.bureau import parse_bureau_config
+    from importlib import resources
+
+    from tests.conftest import make_app
+
+    text = (resources.files("dialogs") / "dongguan.toml").read_text("utf-8").replace(
+        'code = "441900121"\n', 'code = "441900121"\nchat_id = -100555\ntopic_id = 7\n')
+    unit_chat = -100555
+    app = make_app(settings, sessionmaker, parse_bureau_config(text), clock)
+    await file_petition(app.sim.citizen())
+    await app.deliver()
+    await _act(app, ADMIN, "register")
+    await _act(app, ADMIN, "transfer", "u=441900121")
+    cards = [c for c in app.telegram.calls if isinstance(c, SendMessage) and c.chat_id == unit_chat]
+    assert cards and cards[0].message_thread_id == 7 and "虎门镇" in cards[0].text
+    case = await _case(app)
+    assert case.card_chat_id == unit_chat
+    # Unit staff act in their own chat.
+    await app.sim.feed(app.sim.staff(ADMIN, unit_chat).callback_update(
+        StaffAction(case=case.id, action="receive", v=case.version).pack()))
+    assert (await _case(app)).status == "unit_received"

@@ -45,6 +45,14 @@ def _anonymous(message: Message) -> bool:
         message.from_user is not None and message.from_user.id == ANONYMOUS_ADMIN)
 
 
+def _file_of(message: Message) -> tuple[str, str] | None:
+    if message.photo:
+        return "photo", message.photo[-1].file_id
+    if message.document is not None:
+        return "document", message.document.file_id
+    return None
+
+
 def show(responder: Responder, outcome: Outcome, user_id: int) -> None:
     if outcome.toast and responder.callback is not None:
         responder.callback_text = outcome.toast
@@ -160,22 +168,19 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
         if member is None:
             return
         if prompt is not None:
-            if message.text is None:
+            answer = message.text or message.caption
+            if not answer:
                 responder.say("staff.refused.text_needed")
                 return
-            show(responder, await staff_service.answer_prompt(session, member, prompt, message.text, now),
-                 member.user_id)
+            show(responder, await staff_service.answer_prompt(session, member, prompt, answer, now,
+                                                              _file_of(message)), member.user_id)
             return
         assert replied is not None
         case = await queue.case_for_message(session, message.chat.id, replied.message_id)
         if case is None:
             responder.say("staff.refused.not_a_case_message")
             return
-        file = None
-        if message.photo:
-            file = ("photo", message.photo[-1].file_id)
-        elif message.document is not None:
-            file = ("document", message.document.file_id)
+        file = _file_of(message)
         text = message.text or message.caption
         if file is None and not text:
             responder.say("staff.refused.text_needed")
