@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.middlewares import Clock, UpdatePipeline
 from bot.routers.citizen import build_citizen_router
+from bot.routers.followup import build_followup_router
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from dialogs.engine import IntakeEngine, utcnow
@@ -25,12 +26,12 @@ from handoff.pacer import Pacer
 from handoff.queue import QueueService
 from handoff.relay import RelayService
 from handoff.staff import StaffService
-from handoff.status import StatusService
+from handoff.followup import FollowUpService
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
 
 #: Updates the bot asks Telegram for (others are never delivered).
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
-COMMANDS = ("start", "new", "status", "help", "cancel", "back", "language")
+COMMANDS = ("start", "new", "status", "mycases", "help", "cancel", "back", "language")
 
 
 def create_bot(token: str, session: BaseSession | None = None) -> Bot:
@@ -50,17 +51,21 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     engine = IntakeEngine(bureau, clock)
     staff_locale = settings.default_locale
     wakeup = Wakeup()
+    followup = FollowUpService(bureau, settings.staff_chat_id, staff_locale,
+                               max_failures_per_user=settings.status_max_failures_per_user,
+                               max_failures_per_number=settings.status_max_failures_per_number)
     dp = Dispatcher(
         settings=settings, bureau=bureau,
         intake=IntakeService(engine, settings.staff_chat_id, staff_locale),
-        status=StatusService(bureau.bureau.code),
+        followup=followup,
         relay=RelayService(settings.staff_chat_id, staff_locale),
         staff_service=StaffService(bureau, staff_locale, frozenset(settings.admin_ids),
-                                   settings.staff_chat_id, clock),
+                                   settings.staff_chat_id, clock, followup),
         queue=QueueService(bureau, staff_locale),
         outbox_wakeup=wakeup,
     )
     dp.update.outer_middleware(UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup))
+    dp.include_router(build_followup_router())
     dp.include_router(build_citizen_router())
     chats = staff_chat_ids(settings, bureau)
     if chats:

@@ -42,3 +42,12 @@ class RelayChoice(CallbackData, prefix="r"):
     """A citizen picking which open case a message belongs to."""
 
     case: int
+
+
+class CitizenAction(CallbackData, prefix="c"):
+    """A citizen's button about one of their cases: view, add, withdraw, review, rate, document."""
+
+    case: int
+    action: str
+    v: int = 0
+    arg: str = ""

@@ -72,6 +72,8 @@ class Responder:
         self.elsewhere: list[tuple[int, OutMessage]] = []
         self.callback: CallbackQuery | None = None
         self.callback_text: str | None = None
+        #: Files for this chat: (kind, Telegram file id, caption).
+        self.files: list[tuple[str, str, str | None]] = []
 
     def reply(self, *replies: Reply) -> None:
         for reply in replies:
@@ -96,6 +98,11 @@ class Responder:
         if self.chat_id is not None:
             for message in self.messages:
                 await _send(bot, self.chat_id, message)
+            for kind, file_id, caption in self.files:
+                if kind == "photo":
+                    await bot.send_photo(self.chat_id, file_id, caption=caption)
+                else:
+                    await bot.send_document(self.chat_id, file_id, caption=caption)
         for chat_id, message in self.elsewhere:
             try:
                 await _send(bot, chat_id, message)
@@ -185,7 +192,8 @@ class UpdatePipeline(BaseMiddleware):
                 if citizen is None:
                     locale = normalize_locale(language) if language else self.default_locale
                     citizen = CitizenSession(user_id=user_id, chat_id=chat_id, locale=locale,
-                                             state=None, data={}, awaiting=None, updated_at=now)
+                                             state=None, data={}, awaiting=None, extra={},
+                                             updated_at=now)
                     session.add(citizen)
                 else:
                     citizen.updated_at = now

@@ -14,7 +14,7 @@ from aiogram.types import (
     ReplyKeyboardRemove,
 )
 
-from bot.callbacks import IntakeButton, MenuAction, MenuButton, StaffAction
+from bot.callbacks import CitizenAction, IntakeButton, MenuAction, MenuButton, StaffAction
 from dialogs.i18n import t
 from dialogs.messages import Keyboard, Reply
 from handoff.outbox import Button
@@ -105,9 +105,13 @@ def language_menu() -> InlineKeyboardMarkup:
     ]])
 
 
-def staff_keyboard(rows: tuple[tuple[Button, ...], ...]) -> InlineKeyboardMarkup:
+def _callback(b: Button) -> str:
+    if b.kind == "citizen":
+        return CitizenAction(case=b.case_id, action=b.action, v=b.version, arg=b.arg).pack()
+    return StaffAction(case=b.case_id, action=b.action, v=b.version, arg=b.arg).pack()
+
+
+def staff_keyboard(rows: tuple[tuple[Button, ...], ...] | list[list[Button]]) -> InlineKeyboardMarkup:
+    """Buttons of the handoff layer (staff cards, and citizens' case buttons)."""
     return InlineKeyboardMarkup(inline_keyboard=[
-        [InlineKeyboardButton(text=b.label, callback_data=StaffAction(
-            case=b.case_id, action=b.action, v=b.version, arg=b.arg).pack()) for b in row]
-        for row in rows
-    ])
+        [InlineKeyboardButton(text=b.label, callback_data=_callback(b)) for b in row] for row in rows])

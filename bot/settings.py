@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Seconds a getUpdates long poll waits on Telegram's side.
     polling_timeout: int = Field(default=30, ge=0, le=50)
+    #: Failed status lookups allowed per account, and per tracking number, each hour.
+    status_max_failures_per_user: int = Field(default=10, ge=1)
+    status_max_failures_per_number: int = Field(default=5, ge=1)
     #: Failed sends (5xx, network) of one notification before it is given up and admins are told.
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
 

@@ -86,6 +86,8 @@ class Button:
     action: str
     version: int
     arg: str = ""
+    #: Whose button: "staff" (card actions) or "citizen" (ratings, review requests).
+    kind: str = "staff"
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,8 @@ class OutboxWorker:
         if row.kind == "album":
             items = tuple((i["kind"], i["file_id"], i.get("caption")) for i in p["items"])
             return Outgoing(row.chat_id, reply_to=reply_to, album=items, thread_id=thread)
-        return Outgoing(row.chat_id, p.get("text", ""), reply_to=reply_to, thread_id=thread)
+        buttons = tuple(tuple(Button(**b) for b in row) for row in p.get("buttons", ()))
+        return Outgoing(row.chat_id, p.get("text", ""), buttons, reply_to=reply_to, thread_id=thread)
 
     async def _sent(self, session: AsyncSession, row: OutboxMessage, ids: list[int], now: datetime) -> None:
         row.status, row.sent_at, row.lease_until, row.last_error = "sent", now, None, None

@@ -28,7 +28,7 @@ from dialogs.validators import clean_text
 from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Button, enqueue
 from state_machine.case import TERMINAL, Action, Status, allowed_actions, next_status
-from storage.models import Case, CaseEvent, Staff, StaffPrompt
+from storage.models import Attachment, Case, CaseEvent, Staff, StaffPrompt
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class StaffService:
     admin_ids: frozenset[int] = frozenset()
     staff_chat_id: int | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(BUREAU_TZ))
+    #: Rating invitations (set by the app; the staff side works without it in unit tests).
+    followup: Any = None
 
     # -- who may act -------------------------------------------------------------
 
@@ -167,7 +169,7 @@ class StaffService:
         return await session.get(StaffPrompt, (chat_id, user_id))
 
     async def answer_prompt(self, session: AsyncSession, staff: Staff, prompt: StaffPrompt, text: str,
-                            now: datetime, file: tuple[str, str] | None = None) -> Outcome:
+                            now: datetime, file: tuple[str, str, str | None] | None = None) -> Outcome:
         """The free text an action was waiting for."""
         case = await session.get(Case, prompt.case_id)
         await session.delete(prompt)
@@ -190,11 +192,19 @@ class StaffService:
         outcome = await self._apply(session, case, staff, prompt.action, dict(prompt.params), cleaned, now)
         if outcome.done and file is not None:
             # A written notice or decision document sent with the text goes to the citizen after it.
-            kind, file_id = file
-            enqueue(session, kind="file", chat_id=case.citizen_chat_id, case_id=case.id, now=now,
-                    priority=PRIORITY_CITIZEN, payload={"file_kind": kind, "file_id": file_id, "caption": str(
-                        t(case.locale, "notice.file", tracking=case.tracking_number, text=""))})
+            self._send_document(session, case, file, "", now)
         return outcome
+
+    def _send_document(self, session: AsyncSession, case: Case, file: tuple[str, str, str | None],
+                       text: str, now: datetime) -> None:
+        """A notice or decision document: to the citizen now, and kept for download from /status."""
+        kind, file_id, name = file
+        caption = str(t(case.locale, "notice.file", tracking=case.tracking_number, text=text))
+        enqueue(session, kind="file", chat_id=case.citizen_chat_id, case_id=case.id, now=now,
+                priority=PRIORITY_CITIZEN, payload={"file_kind": kind, "file_id": file_id, "caption": caption})
+        session.add(Attachment(case_id=case.id, position=0, kind=kind,
+                               file_id=file_id, file_unique_id=file_id[-64:], size=None, mime_type=None,
+                               file_name=name, media_group_id=None, caption=text or None, source="staff"))
 
     async def cancel_prompt(self, session: AsyncSession, chat_id: int, user_id: int) -> bool:
         prompt = await self.pending_prompt(session, chat_id, user_id)
@@ -204,16 +214,13 @@ class StaffService:
         return True
 
     async def staff_reply(self, session: AsyncSession, staff: Staff, case: Case, text: str | None,
-                          file: tuple[str, str] | None, now: datetime) -> Outcome:
+                          file: tuple[str, str, str | None] | None, now: datetime) -> Outcome:
         """A staff member answered a card or a relayed message: it goes to the citizen."""
         if Status(case.status) in TERMINAL:
             return Outcome(text=t(self.locale, "staff.refused.closed", tracking=case.tracking_number))
         note = clean_text(text, max_length=TEXT_LIMIT) if text else None
         if file is not None:
-            kind, file_id = file
-            caption = t(case.locale, "notice.file", tracking=case.tracking_number, text=note or "")
-            enqueue(session, kind="file", chat_id=case.citizen_chat_id, case_id=case.id, now=now,
-                    priority=PRIORITY_CITIZEN, payload={"file_kind": kind, "file_id": file_id, "caption": caption})
+            self._send_document(session, case, file, note or "", now)
         elif note:
             self._notify(session, case, "notice.reply", now, text=note)
         self._event(session, case, staff.user_id, REPLY, note or "(file)", now)
@@ -230,7 +237,11 @@ class StaffService:
             return
         if action is Action.DELIVER_DECISION:
             case.decision_delivered_at = now
+        else:
+            case.review_delivered_at = now
         case.status = new
+        if action is Action.DELIVER_DECISION and self.followup is not None:
+            await self.followup.invite(session, case, "decision", now)
         session.add(CaseEvent(case_id=case.id, at=now, actor_kind="system", actor_id=None,
                               action=action.value, status=new, note=None))
         self._refresh_card(session, case, now)
@@ -313,10 +324,7 @@ class StaffService:
             problem = await self._transition(session, case, Action(action), params, text, now)
             if problem:
                 return Outcome(text=problem)
-        note = text
-        if params and action not in (ASK_INFO, REPLY):
-            note = f"{format_arg(params)}" + (f" — {text}" if text else "")
-        self._event(session, case, staff.user_id, action, note, now)
+        self._event(session, case, staff.user_id, action, text, now, params or None)
         self._refresh_card(session, case, now)
         log.info("case %s: %s by staff %s", case.tracking_number, action, staff.user_id)
         return Outcome(toast=t(self.locale, "staff.done.action", action=t(self.locale, f"staff.button.{action}"),
@@ -375,6 +383,12 @@ class StaffService:
         if action is Action.CLOSE:
             case.closed_at = now
         case.status = new
+        if self.followup is not None:
+            if action is Action.ACCEPT:
+                await self.followup.invite(session, case, "acceptance", now)
+            if action in (Action.DIRECT_TO_ROUTE, Action.REDIRECT):
+                # Matters sent to courts or other statutory channels are not rated.
+                await self.followup.withdraw_invitations(session, case)
         on_sent = {Action.DECIDE: "decision_delivered", Action.DECIDE_REVIEW: "review_delivered"}.get(action)
         key = f"notice.{action.value}" if action in OWN_NOTICE else "notice.status"
         notice["status"] = t(case.locale, f"status.name.{new}")
@@ -397,7 +411,7 @@ class StaffService:
 
     @staticmethod
     def _event(session: AsyncSession, case: Case, actor_id: int, action: str, note: str | None,
-               now: datetime) -> None:
+               now: datetime, detail: dict[str, str] | None = None) -> None:
         session.add(CaseEvent(case_id=case.id, at=now, actor_kind="staff", actor_id=actor_id,
-                              action=action, status=case.status, note=note))
+                              action=action, status=case.status, note=note, detail=detail))
 

@@ -78,6 +78,9 @@ class CitizenSession(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: A free-form follow-up the citizen was asked for (e.g. the status query code).
     awaiting: Mapped[str | None] = mapped_column(String(64))
+    #: Follow-up context outside a filing: a message waiting for its case, cases
+    #: this chat may open after a successful lookup.
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime]
 
 
@@ -141,6 +144,12 @@ class Case(Base):
     card_message_id: Mapped[int | None] = mapped_column(BigInteger)
     #: The citizen blocked the bot: notices cannot reach them (shown on the card).
     citizen_unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
+    review_requested_at: Mapped[datetime | None]
+    review_delivered_at: Mapped[datetime | None]
+    rereview_requested_at: Mapped[datetime | None]
+    withdrawn_at: Mapped[datetime | None]
+    #: The same citizen's matter was already final after re-review (art. 36 ¶3).
+    final_same_matter: Mapped[str | None] = mapped_column(String(32))
 
     attachments: Mapped[list[Attachment]] = relationship(
         back_populates="case", lazy="raise", order_by="Attachment.position")
@@ -182,7 +191,10 @@ class CaseEvent(Base):
     actor_id: Mapped[int | None] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(32))
+    #: Free text given with the action (a reason, a reply, a decision's text).
     note: Mapped[str | None] = mapped_column(Text)
+    #: The choices made with the action (unit, route, decision, days…).
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     case: Mapped[Case] = relationship(back_populates="events", lazy="raise")
 
@@ -250,3 +262,36 @@ class StaffPrompt(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     case_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
+
+
+class Rating(Base):
+    """One invitation to rate (after the acceptance notice, and after the decision).
+
+    The bureau and the handling unit are rated separately; the citizen may
+    change the rating until ``expires_at``; an invitation nobody answered is
+    marked ``expired`` (超期未评价), which the participation rate needs.
+    """
+
+    __tablename__ = "ratings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))  # acceptance | decision
+    unit_code: Mapped[str | None] = mapped_column(String(16))
+    invited_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    bureau_score: Mapped[str | None] = mapped_column(String(16))  # satisfied | basic | unsatisfied
+    unit_score: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    rated_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="invited")  # invited|rated|expired|withdrawn
+
+
+class LookupFailure(Base):
+    """Failed status lookups per account and per tracking number, in fixed windows."""
+
+    __tablename__ = "lookup_failures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, default=0)

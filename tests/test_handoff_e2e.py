@@ -387,8 +387,9 @@ async def test_a_decision_document_sent_with_the_decision_text_reaches_the_citiz
     await app.sim.staff(ADMIN, STAFF_CHAT).send_document(name="处理意见书.pdf", caption="依据劳动合同法作出解释说明")
     await app.deliver()
     to_citizen = [c for c in app.telegram.calls if getattr(c, "chat_id", None) == citizen.chat.id]
-    assert "解释说明" in to_citizen[-2].text
-    assert type(to_citizen[-1]).__name__ == "SendDocument"
+    kinds = [type(c).__name__ for c in to_citizen]
+    decision = next(i for i, c in enumerate(to_citizen) if "解释说明" in (getattr(c, "text", "") or ""))
+    assert kinds[decision + 1] == "SendDocument"
     assert (await _case(app)).status == "review_window"
 
 

@@ -20,7 +20,8 @@ async def test_status_with_the_right_code_shows_the_case(app: App) -> None:
     relative = app.sim.citizen(2002)
     [answer] = await relative.send(f"/status {tracking} {code}")
     assert tracking in answer and "等待信访部门登记" in answer and "拖欠工资" in answer
-    assert "2026-03-02 09:00" in answer  # shown in China time
+    assert "2026-03-02 网上提交" in answer  # dates in China time
+    assert "2026-03-17 前登记并转送、交办" in answer  # 15 days, counted from the next day
 
 
 async def test_status_asks_for_number_and_code_then_takes_them(app: App) -> None:

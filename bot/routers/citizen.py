@@ -21,10 +21,7 @@ from dialogs.messages import Command as IntakeCommand
 from dialogs.messages import Input, InputKind, Media
 from handoff.intake import IntakeService
 from handoff.relay import RelayService
-from handoff.status import StatusService
 from storage.models import Case, CitizenSession
-
-AWAITING_STATUS = "status"
 
 
 class PrivateChat(Filter):
@@ -97,17 +94,6 @@ def build_citizen_router() -> Router:
     async def on_language(message: Message, responder: Responder) -> None:
         responder.say("language.prompt", language_menu())
 
-    @router.message(Command("status"))
-    async def on_status(message: Message, command: CommandObject, citizen: CitizenSession,
-                        responder: Responder, status: StatusService, session: AsyncSession) -> None:
-        parts = (command.args or "").split()
-        if len(parts) >= 2:
-            citizen.awaiting = None
-            responder.reply(await status.lookup(session, " ".join(parts[:-1]), parts[-1], citizen.locale))
-            return
-        citizen.awaiting = AWAITING_STATUS
-        responder.say("status.ask")
-
     @router.callback_query(MenuButton.filter())
     async def on_menu(query: CallbackQuery, callback_data: MenuButton, citizen: CitizenSession,
                       responder: Responder, intake: IntakeService, bureau: BureauConfig) -> None:
@@ -117,7 +103,7 @@ def build_citizen_router() -> Router:
             citizen.awaiting = None
             responder.reply(*intake.start(citizen))
         elif action is MenuAction.STATUS:
-            citizen.awaiting = AWAITING_STATUS
+            citizen.awaiting = "status"
             responder.say("status.ask")
         elif action is MenuAction.HELP:
             _help(responder, bureau)
@@ -151,17 +137,8 @@ def build_citizen_router() -> Router:
 
     @router.message()
     async def on_message(message: Message, citizen: CitizenSession, responder: Responder,
-                         intake: IntakeService, status: StatusService, relay: RelayService,
+                         intake: IntakeService, relay: RelayService,
                          bureau: BureauConfig, session: AsyncSession, now: datetime) -> None:
-        if citizen.awaiting == AWAITING_STATUS and message.text:
-            citizen.awaiting = None
-            parts = message.text.split()
-            if len(parts) >= 2:
-                responder.reply(await status.lookup(session, " ".join(parts[:-1]), parts[-1], citizen.locale))
-            else:
-                responder.say("status.ask")
-                citizen.awaiting = AWAITING_STATUS
-            return
         if intake.in_progress(citizen):
             responder.reply(*await intake.handle(session, citizen, message_input(message), now))
             return
@@ -178,7 +155,7 @@ def build_citizen_router() -> Router:
             relay.relay(session, cases[0], content, now, urgent=urgent)
             responder.say("relay.sent", tracking=cases[0].tracking_number)
             return
-        citizen.data = {"relay": content, "urgent": urgent}
+        citizen.extra = {**citizen.extra, "relay": content, "urgent": urgent}
         responder.say("relay.which", relay_menu(cases))
 
     @router.callback_query(RelayChoice.filter())
@@ -186,13 +163,13 @@ def build_citizen_router() -> Router:
                               responder: Responder, relay: RelayService, session: AsyncSession,
                               now: datetime) -> None:
         responder.callback = query
-        content = citizen.data.get("relay") if citizen.state is None else None
+        content = citizen.extra.get("relay")
         case = await relay.case_of(session, citizen.user_id, callback_data.case)
         if not content or case is None:
             responder.say("relay.expired")
             return
-        relay.relay(session, case, content, now, urgent=bool(citizen.data.get("urgent")))
-        citizen.data = {}
+        relay.relay(session, case, content, now, urgent=bool(citizen.extra.get("urgent")))
+        citizen.extra = {k: v for k, v in citizen.extra.items() if k not in ("relay", "urgent")}
         responder.say("relay.sent", tracking=case.tracking_number)
 
     @router.callback_query()

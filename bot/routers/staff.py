@@ -45,11 +45,11 @@ def _anonymous(message: Message) -> bool:
         message.from_user is not None and message.from_user.id == ANONYMOUS_ADMIN)
 
 
-def _file_of(message: Message) -> tuple[str, str] | None:
+def _file_of(message: Message) -> tuple[str, str, str | None] | None:
     if message.photo:
-        return "photo", message.photo[-1].file_id
+        return "photo", message.photo[-1].file_id, None
     if message.document is not None:
-        return "document", message.document.file_id
+        return "document", message.document.file_id, message.document.file_name
     return None
 
 

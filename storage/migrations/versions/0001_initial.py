@@ -1,8 +1,8 @@
-"""initial schema: citizen sessions, cases, timeline, outbox, staff
+"""initial schema
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 03:56:57.104490
+Create Date: 2026-11-27 04:08:05.446081
 """
 from __future__ import annotations
 
@@ -68,6 +68,11 @@ def upgrade() -> None:
     sa.Column('card_chat_id', sa.BigInteger(), nullable=True),
     sa.Column('card_message_id', sa.BigInteger(), nullable=True),
     sa.Column('citizen_unreachable', sa.Boolean(), nullable=False),
+    sa.Column('review_requested_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('review_delivered_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('rereview_requested_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('withdrawn_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('final_same_matter', sa.String(length=32), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
     sa.UniqueConstraint('tracking_number', name=op.f('uq_cases_tracking_number'))
     )
@@ -85,8 +90,15 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=32), nullable=True),
     sa.Column('data', sa.JSON(), nullable=False),
     sa.Column('awaiting', sa.String(length=64), nullable=True),
+    sa.Column('extra', sa.JSON(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('user_id', name=op.f('pk_citizen_sessions'))
+    )
+    op.create_table('lookup_failures',
+    sa.Column('key', sa.String(length=64), nullable=False),
+    sa.Column('window_start', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('key', name=op.f('pk_lookup_failures'))
     )
     op.create_table('processed_updates',
     sa.Column('update_id', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -133,6 +145,7 @@ def upgrade() -> None:
     sa.Column('action', sa.String(length=32), nullable=False),
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('note', sa.Text(), nullable=True),
+    sa.Column('detail', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_events_case_id_cases'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_case_events'))
     )
@@ -159,6 +172,25 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_outbox_case_id'), ['case_id'], unique=False)
         batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
+
+    op.create_table('ratings',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('stage', sa.String(length=16), nullable=False),
+    sa.Column('unit_code', sa.String(length=16), nullable=True),
+    sa.Column('invited_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('bureau_score', sa.String(length=16), nullable=True),
+    sa.Column('unit_score', sa.String(length=16), nullable=True),
+    sa.Column('comment', sa.Text(), nullable=True),
+    sa.Column('rated_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_ratings_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ratings'))
+    )
+    with op.batch_alter_table('ratings', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ratings_case_id'), ['case_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ratings_expires_at'), ['expires_at'], unique=False)
 
     op.create_table('staff_messages',
     sa.Column('chat_id', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -189,6 +221,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_staff_messages_case_id'))
 
     op.drop_table('staff_messages')
+    with op.batch_alter_table('ratings', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ratings_expires_at'))
+        batch_op.drop_index(batch_op.f('ix_ratings_case_id'))
+
+    op.drop_table('ratings')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_due')
         batch_op.drop_index(batch_op.f('ix_outbox_case_id'))
@@ -207,6 +244,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_processed_updates_processed_at'))
 
     op.drop_table('processed_updates')
+    op.drop_table('lookup_failures')
     op.drop_table('citizen_sessions')
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_cases_unit_code'))
