@@ -21,6 +21,7 @@ from bot.routers.staff import build_staff_router
 from bot.transport import TelegramTransport
 from handoff.cards import CardRenderer
 from handoff.intake import IntakeService
+from handoff.maintenance import Maintenance
 from handoff.outbox import OutboxWorker, Wakeup
 from handoff.pacer import Pacer
 from handoff.queue import QueueService
@@ -71,6 +72,12 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     if chats:
         dp.include_router(build_staff_router(chats))
     return dp
+
+
+def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession],
+                       clock: Clock = utcnow) -> Maintenance:
+    """Expiring ratings and windows, pruning dedupe records (started by ``run`` and ``chat``)."""
+    return Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"])
 
 
 def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,

@@ -27,7 +27,7 @@ from aiogram.methods import EditMessageText, SendDocument, SendMediaGroup, SendM
 from sqlalchemy import func, select
 from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup
 
-from bot.app import create_bot, create_dispatcher, create_outbox_worker, open_database
+from bot.app import create_bot, create_dispatcher, create_maintenance, create_outbox_worker, open_database
 from bot.settings import Settings
 from bot.simulator import FakeTelegram, Simulator, SimUser
 from dialogs.bureau import BureauConfig
@@ -91,6 +91,8 @@ async def run_chat(settings: Settings, bureau: BureauConfig, *, user_id: int, la
     # No Telegram here, so no rate limits to respect: deliver at once, in order.
     worker = create_outbox_worker(dp, sessionmaker, bot, pacer=Pacer(
         per_chat_interval=1e-6, group_per_minute=10**9, global_per_second=10**9, safety=0.0))
+    maintenance = create_maintenance(dp, sessionmaker)
+    await maintenance.tick()
     sim = Simulator(dp, bot, telegram)
     # Continue the numbering of earlier runs so update ids are never reused.
     async with sessionmaker() as session:

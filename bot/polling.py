@@ -33,6 +33,7 @@ from bot.app import (
     ALLOWED_UPDATES,
     create_bot,
     create_dispatcher,
+    create_maintenance,
     create_outbox_worker,
     open_database,
     set_commands,
@@ -158,12 +159,13 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
         await bot.delete_webhook(drop_pending_updates=False)
         await set_commands(bot, settings.default_locale)
         worker = create_outbox_worker(dp, sessionmaker, bot)
-        delivery = asyncio.create_task(worker.run(stop))
+        background = [asyncio.create_task(worker.run(stop)),
+                      asyncio.create_task(create_maintenance(dp, sessionmaker).run(stop))]
         try:
             return await Poller(dp, bot, settings.polling_timeout).run(stop)
         finally:
             stop.set()
-            await delivery
+            await asyncio.gather(*background)
     except TelegramUnauthorizedError:
         log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")
         return 2

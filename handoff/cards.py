@@ -80,6 +80,8 @@ class CardRenderer:
             flags.append(t(loc, "staff.card.flag_emergency"))
         if case.citizen_unreachable:
             flags.append(t(loc, "staff.card.flag_unreachable"))
+        if case.final_same_matter:
+            flags.append(t(loc, "staff.card.flag_final", original=case.final_same_matter))
         text = t(
             loc, "staff.card.body",
             tracking=case.tracking_number, status=t(loc, f"staff.status.{case.status}"),

@@ -104,6 +104,8 @@ class IntakeService:
             CaseEvent(at=now, actor_kind="citizen", actor_id=citizen.user_id,
                       action="submitted", status="submitted"),
         ]
+        case.final_same_matter = await cases.final_same_matter(
+            citizen.user_id, case.phone, case.id_number, case.category, case.location)
         await cases.add(case, sub.attachments, events)
         self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +52,16 @@ class CaseRepository:
 
     async def by_tracking_number(self, number: str) -> Case | None:
         return await self.session.scalar(select(Case).where(Case.tracking_number == number))
+
+    async def final_same_matter(self, user_id: int, phone: str, id_number: str | None, category: str,
+                                location: str) -> str | None:
+        """A case of the same petitioner on the same matter that is final after re-review (art. 36 ¶3)."""
+        same_person = or_(Case.citizen_user_id == user_id, Case.phone == phone,
+                          *([Case.id_number == id_number] if id_number else []))
+        return await self.session.scalar(
+            select(Case.tracking_number).where(same_person, Case.status == "final", Case.category == category,
+                                               Case.location == location)
+            .order_by(Case.submitted_at.desc()).limit(1))
 
     async def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
         self.session.add(case)

@@ -15,10 +15,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from bot.app import create_bot, create_dispatcher, create_outbox_worker
+from bot.app import create_bot, create_dispatcher, create_maintenance, create_outbox_worker
 from bot.settings import Settings
 from bot.simulator import FakeTelegram, Simulator
 from dialogs.bureau import BureauConfig, load_bureau_config
+from handoff.maintenance import Maintenance
 from handoff.outbox import OutboxWorker
 from handoff.pacer import Pacer
 from storage.db import create_engine, create_sessionmaker, migrate
@@ -121,6 +122,7 @@ class App:
     bureau: BureauConfig
     worker: OutboxWorker
     monotonic: Monotonic
+    maintenance: Maintenance
 
     async def deliver(self, max_rounds: int = 10_000) -> None:
         """Run the outbox until nothing is pending, moving time over pacing waits and back-offs."""
@@ -148,7 +150,8 @@ def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
     sim.start_update_ids(first_update_id)
     monotonic = Monotonic()
     worker = create_outbox_worker(dp, sessionmaker, bot, clock=clock, pacer=Pacer(clock=monotonic))
-    return App(sim, telegram, sessionmaker, clock, settings, bureau, worker, monotonic)
+    return App(sim, telegram, sessionmaker, clock, settings, bureau, worker, monotonic,
+               create_maintenance(dp, sessionmaker, clock))
 
 
 @pytest.fixture

@@ -1,0 +1,93 @@
+"""Time-driven changes, run by the database's clock so a restart neither loses
+nor repeats them: expired rating invitations (超期未评价), expired review and
+re-review windows (超期未申请复查 / 复核 → closed), and old dedupe records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dialogs.bureau import BureauConfig
+from dialogs.i18n import t
+from handoff.deadlines import BUREAU_TZ, due_date
+from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
+from state_machine.case import Action, next_status
+from storage.models import Case, CaseEvent, Rating
+from storage.repositories import forget_updates_before
+
+log = logging.getLogger(__name__)
+
+#: Telegram keeps undelivered updates for 24 hours; keep their ids a while longer.
+DEDUPE_KEEP = timedelta(hours=48)
+
+
+@dataclass
+class Maintenance:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    bureau: BureauConfig
+    clock: Callable[[], datetime]
+    wakeup: Wakeup | None = None
+    interval: float = 60.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:  # keep going: the next tick retries
+                log.exception("maintenance tick failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        now = self.clock()
+        async with self.sessionmaker() as session:
+            async with session.begin():
+                expired = await self._expire_ratings(session, now)
+                closed = await self._expire_windows(session, now)
+                await forget_updates_before(session, now - DEDUPE_KEEP)
+            if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
+                self.wakeup.set()
+        if expired or closed:
+            log.info("maintenance: %s rating invitations expired, %s windows closed", expired, closed)
+
+    async def _expire_ratings(self, session: AsyncSession, now: datetime) -> int:
+        result = await session.execute(update(Rating).where(Rating.status == "invited", Rating.expires_at <= now)
+                                       .values(status="expired"))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _expire_windows(self, session: AsyncSession, now: datetime) -> int:
+        limits = self.bureau.time_limits
+        today = now.astimezone(BUREAU_TZ).date()
+        cases = (await session.scalars(select(Case).where(
+            Case.status.in_(("review_window", "rereview_window"))))).all()
+        closed = 0
+        for case in cases:
+            if case.status == "review_window":
+                start, days = case.decision_delivered_at or case.decision_issued_at, limits.ask_review_days
+            else:
+                start, days = case.review_delivered_at, limits.ask_rereview_days
+            if start is None or due_date(start, days) >= today:
+                continue
+            new = next_status(case.status, Action.EXPIRE_WINDOW, actor="system")
+            if new is None:
+                continue
+            stage = "review" if case.status == "review_window" else "rereview"
+            case.status, case.closed_at = new, now
+            session.add(CaseEvent(case_id=case.id, at=now, actor_kind="system", actor_id=None,
+                                  action=Action.EXPIRE_WINDOW.value, status=new, note=None, detail={"stage": stage}))
+            enqueue(session, kind="notice", chat_id=case.citizen_chat_id, case_id=case.id, now=now,
+                    priority=PRIORITY_CITIZEN, payload={"text": str(t(
+                        case.locale, f"notice.expired.{stage}", tracking=case.tracking_number))})
+            if case.card_chat_id is not None:
+                enqueue(session, kind="card", chat_id=case.card_chat_id, case_id=case.id, now=now,
+                        priority=PRIORITY_CARD_EDIT)
+            closed += 1
+        return closed
