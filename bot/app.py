@@ -13,13 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.middlewares import Clock, UpdatePipeline
 from bot.routers.citizen import build_citizen_router
 from bot.routers.followup import build_followup_router
+from bot.routers.staff import build_staff_router
 from bot.settings import Settings
+from bot.transport import TelegramTransport
 from dialogs.bureau import BureauConfig
 from dialogs.engine import IntakeEngine, utcnow
 from dialogs.i18n import LOCALES, t
-from bot.routers.staff import build_staff_router
-from bot.transport import TelegramTransport
 from handoff.cards import CardRenderer
+from handoff.followup import FollowUpService
 from handoff.intake import IntakeService
 from handoff.maintenance import Maintenance
 from handoff.outbox import OutboxWorker, Wakeup
@@ -27,7 +28,6 @@ from handoff.pacer import Pacer
 from handoff.queue import QueueService
 from handoff.relay import RelayService
 from handoff.staff import StaffService
-from handoff.followup import FollowUpService
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
 
 #: Updates the bot asks Telegram for (others are never delivered).

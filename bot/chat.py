@@ -24,8 +24,8 @@ import sys
 from typing import Any
 
 from aiogram.methods import EditMessageText, SendDocument, SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
-from sqlalchemy import func, select
 from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup
+from sqlalchemy import func, select
 
 from bot.app import create_bot, create_dispatcher, create_maintenance, create_outbox_worker, open_database
 from bot.settings import Settings
@@ -67,7 +67,7 @@ class Printer:
             "staff chat" if chat == self.staff_chat else f"private chat {chat}")
         if isinstance(method, EditMessageText):
             marker += ", card updated"
-        print(f"\n[{marker}] " + plain(text).replace("\n", "\n    "))
+        print(f"\n[{marker}] " + plain(text or "").replace("\n", "\n    "))
         if isinstance(markup, InlineKeyboardMarkup):
             labels = [b.text for row in markup.inline_keyboard for b in row]
             for i, label in enumerate(labels, 1):
@@ -115,7 +115,8 @@ async def run_chat(settings: Settings, bureau: BureauConfig, *, user_id: int, la
                 continue
             if line.strip() in ("/as staff", "/as citizen"):
                 actor = staff if line.strip().endswith("staff") else citizen
-                print(f"    (now typing as the {'staff member ' + str(staff.user.id) + ' in the staff chat' if actor is staff else 'citizen'})")
+                who = f"staff member {staff.user.id} in the staff chat" if actor is staff else "citizen"
+                print(f"    (now typing as the {who})")
                 continue
             if not interactive:
                 print(f"\n[{'staff' if actor is staff else 'you'}] {line}")

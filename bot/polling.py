@@ -11,6 +11,7 @@ start: what citizens sent while the bot was down is processed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -136,10 +137,8 @@ class Poller:
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 async def run_polling(settings: Settings, bureau: BureauConfig) -> int:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from aiogram.types import (
+    ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     KeyboardButton,
@@ -22,7 +23,7 @@ from handoff.outbox import Button
 #: Telegram's limit, counted on the text after entity parsing.
 MESSAGE_LIMIT = 4096
 
-Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove
+Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | ForceReply
 
 _TAG = re.compile(r"<[^>]+>")
 

@@ -62,7 +62,8 @@ class FakeTelegram(BaseSession):
     async def close(self) -> None:
         return None
 
-    async def make_request(self, bot: Bot, method: TelegramMethod[Any], timeout: int | None = None) -> Any:
+    async def make_request(self, bot: Bot, method: TelegramMethod[Any],
+                           timeout: int | None = None) -> Any:  # noqa: ASYNC109 - aiogram's signature
         if self.failures:
             raise self.failures.popleft()
         self.calls.append(method)
@@ -110,11 +111,11 @@ class Simulator:
     dp: Dispatcher
     bot: Bot
     telegram: FakeTelegram
-    _update_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-    _message_ids: itertools.count = field(default_factory=lambda: itertools.count(100000))
+    _update_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _message_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(100000))
 
     def next_update_id(self) -> int:
-        return next(self._update_ids)
+        return int(next(self._update_ids))
 
     def start_update_ids(self, first: int) -> None:
         """Continue numbering where an earlier process stopped (ids are never reused)."""

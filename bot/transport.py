@@ -3,8 +3,6 @@ Telegram calls out, Telegram's errors mapped to what the worker should do."""
 
 from __future__ import annotations
 
-import asyncio
-
 from aiogram import Bot
 from aiogram.exceptions import (
     TelegramAPIError,
@@ -43,7 +41,7 @@ class TelegramTransport:
             if "not modified" in exc.message:
                 raise NotModified(exc.message) from exc
             raise Rejected(exc.message) from exc
-        except (TelegramServerError, TelegramNetworkError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, TelegramServerError, TelegramNetworkError) as exc:
             raise Transient(str(exc)) from exc
         except TelegramAPIError as exc:
             raise Transient(exc.message) from exc

@@ -266,7 +266,7 @@ class IntakeEngine:
             return self._chosen(conv, step, found[0].value)
         if not found:
             raise InputError("error.search.none", query=inp.text.strip()[:50])
-        rows = [(Button(o.value, label=o.label),) for o in found[: S.PAGE_SIZE]]
+        rows: list[tuple[Button, ...]] = [(Button(o.value, label=o.label),) for o in found[: S.PAGE_SIZE]]
         rows.append(self._nav_row(step))
         out.append(Reply(blocks=(Text("search.results", {"count": len(found)}),),
                          keyboard=Keyboard(step.value, tuple(rows))))

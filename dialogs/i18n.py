@@ -10,7 +10,7 @@ import html
 import string
 import tomllib
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -33,7 +33,7 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-@lru_cache(maxsize=None)
+@cache
 def catalog(locale: str) -> Mapping[str, str]:
     raw = (resources.files("dialogs") / "locales" / f"{locale}.toml").read_text("utf-8")
     return _flatten(tomllib.loads(raw))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from dialogs.bureau import BureauConfig
 from dialogs.validators import validate_id_number
@@ -101,7 +102,7 @@ def dynamic_options(step: Step, bureau: BureauConfig, answers: dict[str, object]
                        (c.name_zh, c.name_en, *c.aliases)) for c in bureau.categories]
     if step is Step.SUBCATEGORY:
         category = bureau.category(str(answers.get(Step.CATEGORY.value, "")))
-        subs: Sequence = category.subcategories if category else ()
+        subs: Sequence[Any] = category.subcategories if category else ()
         return [Option(s.code, s.name_en if english else s.name_zh,
                        (s.name_zh, s.name_en, *s.aliases)) for s in subs]
     if step is Step.LOCATION:

@@ -186,7 +186,8 @@ class FollowUpService:
                 return str(t(locale, "status.deadline.ask_rereview",
                              date=self._window_end(case, Action.REQUEST_REREVIEW)))
             if case.status == "review" and case.review_requested_at:
-                return str(t(locale, "status.deadline.review", date=due_date(case.review_requested_at, limits.review_days)))
+                day = due_date(case.review_requested_at, limits.review_days)
+                return str(t(locale, "status.deadline.review", date=day))
             if case.status == "rereview" and case.rereview_requested_at:
                 return str(t(locale, "status.deadline.rereview",
                              date=due_date(case.rereview_requested_at, limits.rereview_days)))

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogs.conversation import Conversation
 from dialogs.engine import IntakeEngine, Submission
-from dialogs.messages import Input, Reply
 from dialogs.i18n import t
+from dialogs.messages import Input, Reply
 from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
 from handoff.outbox import PRIORITY_URGENT, enqueue
 from storage.models import Case, CaseEvent, CitizenSession

@@ -5,6 +5,7 @@ re-review windows (超期未申请复查 / 复核 → closed), and old dedupe re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +42,8 @@ class Maintenance:
                 await self.tick()
             except Exception:  # keep going: the next tick retries
                 log.exception("maintenance tick failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
 
     async def tick(self) -> None:
         now = self.clock()

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import case as when
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from dialogs.bureau import BureauConfig
 from dialogs.errors import InputError
@@ -30,7 +31,7 @@ class QueueService:
 
     async def listing(self, session: AsyncSession, *, page: int = 0, assignee: int | None = None) -> str:
         """Open cases: unclaimed first, then the oldest (the most urgent) first."""
-        where = [Case.status.not_in(TERMINAL_VALUES)]
+        where: list[ColumnElement[bool]] = [Case.status.not_in(TERMINAL_VALUES)]
         if assignee is not None:
             where.append(Case.assignee_id == assignee)
         total = int(await session.scalar(select(func.count()).select_from(Case).where(*where)) or 0)

@@ -266,9 +266,10 @@ class StaffService:
         units = [u for u in self.bureau.units if u.kind != "city"]
         pages = max(1, -(-len(units) // PAGE))
         page = min(max(int(params.pop("p", "0") or 0), 0), pages - 1)
-        rows = [(Button(u.name_en if self.locale == "en" else u.name_zh, case.id, action, case.version,
-                        format_arg({**params, "u": u.code})),)
-                for u in units[page * PAGE:(page + 1) * PAGE]]
+        rows: list[tuple[Button, ...]] = [
+            (Button(u.name_en if self.locale == "en" else u.name_zh, case.id, action, case.version,
+                    format_arg({**params, "u": u.code})),)
+            for u in units[page * PAGE:(page + 1) * PAGE]]
         if pages > 1:
             rows.append(tuple(Button(label, case.id, action, case.version, format_arg({**params, "p": str(p)}))
                               for label, p in (("◀", (page - 1) % pages), (f"{page + 1}/{pages}", page),

@@ -7,11 +7,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    Index,
     BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,

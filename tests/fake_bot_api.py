@@ -9,6 +9,7 @@ confirmed and forgotten; the call waits up to ``timeout`` seconds for news.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -35,7 +36,8 @@ class Sent:
         markup = self.params.get("reply_markup")
         if not markup:
             return []
-        rows = json.loads(markup).get("inline_keyboard", []) if isinstance(markup, str) else markup.get("inline_keyboard", [])
+        parsed = json.loads(markup) if isinstance(markup, str) else markup
+        rows = parsed.get("inline_keyboard", [])
         return [(b["text"], b.get("callback_data", "")) for row in rows for b in row]
 
 
@@ -95,9 +97,9 @@ class FakeBotAPI:
     def to_chat(self, chat_id: int) -> list[Sent]:
         return [s for s in self.sent if s.method == "sendMessage" and s.chat_id == chat_id]
 
-    async def wait_for(self, chat_id: int, count: int, timeout: float = 20.0) -> list[Sent]:
+    async def wait_for(self, chat_id: int, count: int, limit: float = 20.0) -> list[Sent]:
         """Wait until the chat has received at least ``count`` messages in all."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         while len(self.to_chat(chat_id)) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"chat {chat_id} got {len(self.to_chat(chat_id))} messages, wanted {count}: "
@@ -129,10 +131,8 @@ class FakeBotAPI:
         timeout = float(params.get("timeout") or 0)
         if not self.pending and timeout:
             self._news.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._news.wait(), timeout)
-            except TimeoutError:
-                pass
         return self.pending[:limit]
 
     async def _m_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:

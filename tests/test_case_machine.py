@@ -79,9 +79,9 @@ def test_every_status_is_reachable_from_submitted() -> None:
 
 
 def test_open_and_terminal_split_the_statuses() -> None:
-    assert TERMINAL == {Status.FINAL, Status.CLOSED, Status.DUPLICATE,
-                        Status.NOT_REACCEPTED, Status.WITHDRAWN}
-    assert OPEN | TERMINAL == set(Status) and not OPEN & TERMINAL
+    assert {Status.FINAL, Status.CLOSED, Status.DUPLICATE,
+                        Status.NOT_REACCEPTED, Status.WITHDRAWN} == TERMINAL
+    assert set(Status) == OPEN | TERMINAL and not OPEN & TERMINAL
 
 
 @pytest.mark.parametrize("status", sorted(TERMINAL))

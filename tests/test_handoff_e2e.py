@@ -157,8 +157,10 @@ async def test_two_staff_pressing_at_once_one_wins_the_other_is_told(app: App) -
         session.add(Staff(user_id=CLERK, role="staff", unit_code=None, active=True, added_by=ADMIN,
                           added_at=app.clock()))
     case = await _case(app)
-    a = app.sim.staff(ADMIN, STAFF_CHAT).callback_update(StaffAction(case=case.id, action="register", v=case.version).pack())
-    b = app.sim.staff(CLERK, STAFF_CHAT).callback_update(StaffAction(case=case.id, action="claim", v=case.version).pack())
+    register = StaffAction(case=case.id, action="register", v=case.version).pack()
+    claim = StaffAction(case=case.id, action="claim", v=case.version).pack()
+    a = app.sim.staff(ADMIN, STAFF_CHAT).callback_update(register)
+    b = app.sim.staff(CLERK, STAFF_CHAT).callback_update(claim)
     await asyncio.gather(app.sim.feed(a), app.sim.feed(b))
     after = await _case(app)
     assert after.version == case.version + 1
@@ -394,9 +396,9 @@ async def test_a_decision_document_sent_with_the_decision_text_reaches_the_citiz
 
 
 async def test_a_unit_with_its_own_chat_gets_the_card_on_transfer(settings, sessionmaker, clock) -> None:  # type: ignore[no-untyped-def]
-    from dialogs.bureau import parse_bureau_config
     from importlib import resources
 
+    from dialogs.bureau import parse_bureau_config
     from tests.conftest import make_app
 
     text = (resources.files("dialogs") / "dongguan.toml").read_text("utf-8").replace(

@@ -27,7 +27,8 @@ async def test_start_greets_in_the_clients_language_with_the_main_menu(app: App)
     en = app.sim.citizen(2, language_code="en")
     [greeting] = await zh.send("/start")
     assert "东莞市信访局" in greeting and "🔒" in greeting
-    assert [label for label, _ in zh.buttons()] == ["📝 提交信访事项", "🔎 查询办理进度", "❓ 帮助", "🌐 Language / 语言"]
+    menu = ["📝 提交信访事项", "🔎 查询办理进度", "❓ 帮助", "🌐 Language / 语言"]
+    assert [label for label, _ in zh.buttons()] == menu
     [greeting] = await en.send("/start")
     assert "Dongguan Petition Bureau" in greeting
     assert "📝 File a petition" in [label for label, _ in en.buttons()]

@@ -229,7 +229,7 @@ def test_delivery_loop_respects_every_window_and_uses_the_allowed_rate() -> None
     busy_chats = [1_000_000 + i for i in range(10)]
     one_offs = [2_000_000 + i for i in range(500)]
     privates = [busy_chats[i // 2 % 10] if i % 2 else one_offs[i // 2] for i in range(1000)]
-    outbox = [chat for pair in zip([GROUP] * 1000, privates) for chat in pair]
+    outbox = [chat for pair in zip([GROUP] * 1000, privates, strict=False) for chat in pair]
 
     history = deliver(pacer, clock, outbox)
     everything, by_chat = history.everything, history.by_chat

@@ -78,7 +78,8 @@ async def test_polling_survives_kill_9_mid_dialog_and_never_drops_updates(api: F
     assert api.pending == [] or all(u["update_id"] > api.confirmed_up_to for u in api.pending)
 
 
-async def test_polling_delivers_the_staff_card_and_staff_actions_reach_the_citizen(api: FakeBotAPI, tmp_path: Path) -> None:
+async def test_polling_delivers_the_staff_card_and_staff_actions_reach_the_citizen(
+        api: FakeBotAPI, tmp_path: Path) -> None:
     bot = BotProcess(f"http://127.0.0.1:{api.port}", tmp_path / "p.db", tmp_path)
     staff_chat, admin = -100777, 4040
     bot.env.update({"PETITION_STAFF_CHAT_ID": str(staff_chat), "PETITION_ADMIN_IDS": str(admin)})

@@ -4,7 +4,6 @@ information, withdraw, ask for review, rate, download a notice)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from aiogram import Router
 from aiogram.filters import Command, CommandObject, Filter

@@ -109,7 +109,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
         if _anonymous(message):
             responder.say("staff.refused.anonymous")
             return
-        member = await authorized(session, staff_service, message.from_user and message.from_user.id,
+        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
                                   responder, "/" + command.command)
         if member is None:
             return
@@ -123,7 +123,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
         if _anonymous(message):
             responder.say("staff.refused.anonymous")
             return
-        if await authorized(session, staff_service, message.from_user and message.from_user.id,
+        if await authorized(session, staff_service, message.from_user.id if message.from_user else None,
                             responder, "/case") is None:
             return
         responder.send(await queue.repost(session, command.args or "", message.chat.id, now))
@@ -134,7 +134,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
         if _anonymous(message):
             responder.say("staff.refused.anonymous")
             return
-        member = await authorized(session, staff_service, message.from_user and message.from_user.id,
+        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
                                   responder, "/staff")
         if member is None:
             return
@@ -164,7 +164,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
         if _anonymous(message):
             responder.say("staff.refused.anonymous")
             return
-        member = await authorized(session, staff_service, user and user.id, responder, "message")
+        member = await authorized(session, staff_service, user.id if user else None, responder, "message")
         if member is None:
             return
         if prompt is not None:
@@ -190,4 +190,4 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
     return router
 
 
-__all__ = ["build_staff_router", "CardRenderer"]
+__all__ = ["CardRenderer", "build_staff_router"]

@@ -4,7 +4,7 @@ or, from the ``alembic`` command line, on the URL in ``sqlalchemy.url``."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -15,7 +15,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
+def _render_item(kind: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
     """Write our column types as plain SQLAlchemy types in new revisions."""
     if kind == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
