@@ -20,6 +20,7 @@ from dialogs.bureau import BureauConfig
 from dialogs.engine import IntakeEngine, utcnow
 from dialogs.i18n import LOCALES, t
 from handoff.cards import CardRenderer
+from handoff.clocks import Clocks
 from handoff.followup import FollowUpService
 from handoff.intake import IntakeService
 from handoff.maintenance import Maintenance
@@ -52,16 +53,18 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     engine = IntakeEngine(bureau, clock)
     staff_locale = settings.default_locale
     wakeup = Wakeup()
+    clocks = Clocks(bureau, settings.staff_chat_id, staff_locale)
     followup = FollowUpService(bureau, settings.staff_chat_id, staff_locale,
                                max_failures_per_user=settings.status_max_failures_per_user,
-                               max_failures_per_number=settings.status_max_failures_per_number)
+                               max_failures_per_number=settings.status_max_failures_per_number, clocks=clocks)
     dp = Dispatcher(
         settings=settings, bureau=bureau,
-        intake=IntakeService(engine, settings.staff_chat_id, staff_locale),
+        intake=IntakeService(engine, clocks, settings.staff_chat_id, staff_locale),
         followup=followup,
         relay=RelayService(settings.staff_chat_id, staff_locale),
         staff_service=StaffService(bureau, staff_locale, frozenset(settings.admin_ids),
-                                   settings.staff_chat_id, clock, followup),
+                                   settings.staff_chat_id, clock, followup, clocks),
+        clocks=clocks,
         queue=QueueService(bureau, staff_locale),
         outbox_wakeup=wakeup,
     )
@@ -77,7 +80,7 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
 def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession],
                        clock: Clock = utcnow) -> Maintenance:
     """Expiring ratings and windows, pruning dedupe records (started by ``run`` and ``chat``)."""
-    return Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"])
+    return Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"])
 
 
 def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from dialogs.validators import mask_phone
-from handoff.deadlines import BUREAU_TZ, CalendarRangeError, due_date
+from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import Button
 from handoff.staff import StaffService
 from storage.models import Case
@@ -55,23 +55,9 @@ class CardRenderer:
         return name
 
     def _deadline(self, case: Case) -> str:
-        limits = self.bureau.time_limits
-        try:
-            if case.status == "submitted" or case.status == "registered":
-                day = due_date(case.submitted_at, limits.route_days)
-                return t(self.locale, "staff.card.deadline_route", date=day.isoformat())
-            if case.status in ("transferred", "assigned", "unit_received") and case.routed_at:
-                start = case.unit_received_at or case.routed_at
-                day = due_date(start, limits.acceptance_days)
-                return t(self.locale, "staff.card.deadline_acceptance", date=day.isoformat())
-            if case.status in ("in_handling", "extended", "pending_audit") and case.acceptance_notice_at:
-                day = due_date(case.acceptance_notice_at, limits.handling_days + (case.extension_days or 0))
-                return t(self.locale, "staff.card.deadline_handling", date=day.isoformat())
-        except CalendarRangeError as exc:
-            return str(exc)
-        if case.due_at is not None:
-            return t(self.locale, "staff.card.deadline_due", date=case.due_at.astimezone(BUREAU_TZ).date().isoformat())
-        return "—"
+        if case.next_due_clock is None or case.next_due_on is None:
+            return "—"
+        return str(t(self.locale, f"clock.due.{case.next_due_clock}", date=case.next_due_on.isoformat()))
 
     def render(self, case: Case) -> tuple[str, tuple[tuple[Button, ...], ...]]:
         loc = self.locale
@@ -82,6 +68,13 @@ class CardRenderer:
             flags.append(t(loc, "staff.card.flag_unreachable"))
         if case.final_same_matter:
             flags.append(t(loc, "staff.card.flag_final", original=case.final_same_matter))
+        if case.possible_repeat_of:
+            flags.append(t(loc, "staff.card.flag_repeat", original=case.possible_repeat_of))
+        if case.first_time:
+            flags.append(t(loc, "staff.card.flag_first", leader=case.leader or t(loc, "staff.card.no_leader")))
+        for clock in (case.overdue or "").split(","):
+            if clock:
+                flags.append(t(loc, f"clock.overdue.{clock}"))
         text = t(
             loc, "staff.card.body",
             tracking=case.tracking_number, status=t(loc, f"staff.status.{case.status}"),

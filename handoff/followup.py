@@ -23,7 +23,7 @@ from dialogs.errors import InputError
 from dialogs.i18n import t
 from dialogs.tracking import burn_verify, parse_tracking_number, verify_query_code
 from dialogs.validators import clean_text
-from handoff.deadlines import BUREAU_TZ, CalendarRangeError, due_date
+from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, PRIORITY_STAFF, Button, enqueue
 from state_machine.case import TERMINAL, WITHDRAWABLE, Action, Status, next_status
 from storage.models import Attachment, Case, CaseEvent, LookupFailure, Rating
@@ -60,6 +60,7 @@ class FollowUpService:
     max_failures_per_user: int = 10
     max_failures_per_number: int = 5
     failure_window: timedelta = timedelta(hours=1)
+    clocks: Any = None
 
     # -- status by number and code ------------------------------------------------------
 
@@ -168,32 +169,10 @@ class FollowUpService:
         return unit.name_en if locale == "en" else unit.name_zh
 
     def next_deadline(self, case: Case, locale: str) -> str:
-        """The next date the petitioner can hold someone to, in words."""
-        limits = self.bureau.time_limits
-        try:
-            if case.status in ("submitted", "registered"):
-                return str(t(locale, "status.deadline.route", date=due_date(case.submitted_at, limits.route_days)))
-            if case.status in ("transferred", "assigned", "unit_received") and case.routed_at:
-                day = due_date(case.unit_received_at or case.routed_at, limits.acceptance_days)
-                return str(t(locale, "status.deadline.acceptance", date=day))
-            if case.status in ("acceptance_notified", "in_handling", "extended", "pending_audit") \
-                    and case.acceptance_notice_at:
-                day = due_date(case.acceptance_notice_at, limits.handling_days + (case.extension_days or 0))
-                return str(t(locale, "status.deadline.handling", date=day))
-            if case.status == "review_window":
-                return str(t(locale, "status.deadline.ask_review", date=self._window_end(case, Action.REQUEST_REVIEW)))
-            if case.status == "rereview_window":
-                return str(t(locale, "status.deadline.ask_rereview",
-                             date=self._window_end(case, Action.REQUEST_REREVIEW)))
-            if case.status == "review" and case.review_requested_at:
-                day = due_date(case.review_requested_at, limits.review_days)
-                return str(t(locale, "status.deadline.review", date=day))
-            if case.status == "rereview" and case.rereview_requested_at:
-                return str(t(locale, "status.deadline.rereview",
-                             date=due_date(case.rereview_requested_at, limits.rereview_days)))
-        except CalendarRangeError:
-            log.warning("deadline of %s is beyond the holiday calendar", case.tracking_number)
-        return str(t(locale, "status.deadline.none"))
+        """The next date the petitioner can hold someone to, in words (kept by handoff/clocks.py)."""
+        if case.next_due_clock is None or case.next_due_on is None:
+            return str(t(locale, "status.deadline.none"))
+        return str(t(locale, f"status.deadline.{case.next_due_clock}", date=case.next_due_on.isoformat()))
 
     def _window_end(self, case: Case, action: Action) -> Any:
         limits = self.bureau.time_limits
@@ -227,12 +206,14 @@ class FollowUpService:
     def can_withdraw(self, case: Case) -> bool:
         return next_status(case.status, Action.WITHDRAW, actor="citizen") is not None
 
-    def withdraw(self, session: AsyncSession, case: Case, reason: str | None, now: datetime) -> None:
+    async def withdraw(self, session: AsyncSession, case: Case, reason: str | None, now: datetime) -> None:
         new = next_status(case.status, Action.WITHDRAW, actor="citizen")
         assert new is not None, "checked by can_withdraw in the same transaction"
         case.status, case.withdrawn_at = new, now
         session.add(CaseEvent(case_id=case.id, at=now, actor_kind="citizen", actor_id=case.citizen_user_id,
                               action="withdraw", status=new, note=reason))
+        if self.clocks is not None:
+            await self.clocks.on_event(session, case, "withdraw", now)
         self._tell_staff(session, case, "staff.withdrawn", now, reason=reason or "—")
 
     # -- review and re-review ------------------------------------------------------------
@@ -246,7 +227,7 @@ class FollowUpService:
             return str(t(locale, f"review.too_late.{stage}", date=end))
         return None
 
-    def request_review(self, session: AsyncSession, case: Case, stage: str, reasons: str,
+    async def request_review(self, session: AsyncSession, case: Case, stage: str, reasons: str,
                        files: list[dict[str, Any]], now: datetime, locale: str) -> str:
         action = Action.REQUEST_REVIEW if stage == "review" else Action.REQUEST_REREVIEW
         new = next_status(case.status, action, actor="citizen")
@@ -260,6 +241,8 @@ class FollowUpService:
             days = self.bureau.time_limits.rereview_days
         session.add(CaseEvent(case_id=case.id, at=now, actor_kind="citizen", actor_id=case.citizen_user_id,
                               action=action.value, status=new, note=reasons))
+        if self.clocks is not None:
+            await self.clocks.on_event(session, case, action.value, now)
         self._tell_staff(session, case, f"staff.review_requested.{stage}", now, reasons=reasons)
         chat = case.card_chat_id or self.staff_chat_id
         for item in files:

@@ -20,6 +20,7 @@ from dialogs.engine import IntakeEngine, Submission
 from dialogs.i18n import t
 from dialogs.messages import Input, Reply
 from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
+from handoff.clocks import Clocks
 from handoff.outbox import PRIORITY_URGENT, enqueue
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository
@@ -31,10 +32,11 @@ _NUMBER_ATTEMPTS = 8
 
 
 class IntakeService:
-    def __init__(self, engine: IntakeEngine, staff_chat_id: int | None = None,
+    def __init__(self, engine: IntakeEngine, clocks: Clocks, staff_chat_id: int | None = None,
                  staff_locale: str = "zh") -> None:
         self.engine = engine
         self.bureau = engine.bureau
+        self.clocks = clocks
         self.staff_chat_id = staff_chat_id
         self.staff_locale = staff_locale
 
@@ -107,6 +109,7 @@ class IntakeService:
         case.final_same_matter = await cases.final_same_matter(
             citizen.user_id, case.phone, case.id_number, case.category, case.location)
         await cases.add(case, sub.attachments, events)
+        await self.clocks.on_event(session, case, "submitted", now)
         self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
+from handoff.clocks import Clocks
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
 from state_machine.case import Action, next_status
@@ -35,6 +36,7 @@ class Maintenance:
     clock: Callable[[], datetime]
     wakeup: Wakeup | None = None
     interval: float = 60.0
+    clocks: Clocks | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -51,6 +53,8 @@ class Maintenance:
             async with session.begin():
                 expired = await self._expire_ratings(session, now)
                 closed = await self._expire_windows(session, now)
+                if self.clocks is not None:
+                    await self.clocks.remind_due(session, now)
                 await forget_updates_before(session, now - DEDUPE_KEEP)
             if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
                 self.wakeup.set()
@@ -82,6 +86,8 @@ class Maintenance:
             case.status, case.closed_at = new, now
             session.add(CaseEvent(case_id=case.id, at=now, actor_kind="system", actor_id=None,
                                   action=Action.EXPIRE_WINDOW.value, status=new, note=None, detail={"stage": stage}))
+            if self.clocks is not None:
+                await self.clocks.on_event(session, case, Action.EXPIRE_WINDOW.value, now)
             enqueue(session, kind="notice", chat_id=case.citizen_chat_id, case_id=case.id, now=now,
                     priority=PRIORITY_CITIZEN, payload={"text": str(t(
                         case.locale, f"notice.expired.{stage}", tracking=case.tracking_number))})

@@ -99,6 +99,8 @@ class StaffService:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(BUREAU_TZ))
     #: Rating invitations (set by the app; the staff side works without it in unit tests).
     followup: Any = None
+    #: The statutory clocks (set by the app).
+    clocks: Any = None
 
     # -- who may act -------------------------------------------------------------
 
@@ -240,6 +242,8 @@ class StaffService:
         else:
             case.review_delivered_at = now
         case.status = new
+        if self.clocks is not None:
+            await self.clocks.on_event(session, case, action.value, now)
         if action is Action.DELIVER_DECISION and self.followup is not None:
             await self.followup.invite(session, case, "decision", now)
         session.add(CaseEvent(case_id=case.id, at=now, actor_kind="system", actor_id=None,
@@ -384,6 +388,8 @@ class StaffService:
         if action is Action.CLOSE:
             case.closed_at = now
         case.status = new
+        if self.clocks is not None:
+            await self.clocks.on_event(session, case, action.value, now)
         if self.followup is not None:
             if action is Action.ACCEPT:
                 await self.followup.invite(session, case, "acceptance", now)

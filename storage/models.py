@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -150,6 +151,16 @@ class Case(Base):
     withdrawn_at: Mapped[datetime | None]
     #: The same citizen's matter was already final after re-review (art. 36 ¶3).
     final_same_matter: Mapped[str | None] = mapped_column(String(32))
+    #: An open case of the same petitioner on what looks like the same matter.
+    possible_repeat_of: Mapped[str | None] = mapped_column(String(32))
+    #: 初信初访: the petitioner's first case here.
+    first_time: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: 包案领导: the leader personally responsible for a first-time petition.
+    leader: Mapped[str | None] = mapped_column(String(100))
+    #: The next statutory deadline (kept by handoff/clocks.py) and the overdue clocks.
+    next_due_clock: Mapped[str | None] = mapped_column(String(16))
+    next_due_on: Mapped[date | None] = mapped_column(Date, index=True)
+    overdue: Mapped[str | None] = mapped_column(String(64))
 
     attachments: Mapped[list[Attachment]] = relationship(
         back_populates="case", lazy="raise", order_by="Attachment.position")
@@ -295,3 +306,20 @@ class LookupFailure(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     window_start: Mapped[datetime]
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CaseClock(Base):
+    """One statutory time limit of a case (DOMAIN.md §5): when it started, the
+    day it is due, when it stopped, and which reminders went out (each once)."""
+
+    __tablename__ = "case_clocks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    clock: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    due_on: Mapped[date] = mapped_column(Date)
+    stopped_at: Mapped[datetime | None]
+    #: When the next reminder is due (None: none left); the scheduler's index.
+    next_reminder_at: Mapped[datetime | None] = mapped_column(index=True)
+    reminders_sent: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -137,7 +137,7 @@ def build_followup_router() -> Router:
             citizen.awaiting = f"withdraw:{case.id}"
             responder.send(str(t(loc, "withdraw.reason")), _one_button(loc, "button.skip", case.id, "withdraw_now"))
         elif action == "withdraw_now":
-            _withdraw(responder, citizen, followup, session, case, None, now)
+            await _withdraw(responder, citizen, followup, session, case, None, now)
         elif action == "withdraw_no":
             citizen.awaiting = None
             responder.say("withdraw.kept")
@@ -188,7 +188,7 @@ def build_followup_router() -> Router:
             responder.send(str(t(loc, "add.received", tracking=case.tracking_number)),
                            _one_button(loc, "button.done", case.id, "done"))
         elif kind == "withdraw":
-            _withdraw(responder, citizen, followup, session, case, message.text, now)
+            await _withdraw(responder, citizen, followup, session, case, message.text, now)
         elif kind == "review":
             if not message.text:
                 responder.say(f"review.ask.{stage}", tracking=case.tracking_number)
@@ -210,13 +210,13 @@ def build_followup_router() -> Router:
     return router
 
 
-def _withdraw(responder: Responder, citizen: CitizenSession, followup: FollowUpService, session: AsyncSession,
+async def _withdraw(responder: Responder, citizen: CitizenSession, followup: FollowUpService, session: AsyncSession,
               case: Case, reason: str | None, now: datetime) -> None:
     citizen.awaiting = None
     if not followup.can_withdraw(case):
         responder.say("withdraw.not_now", status=t(citizen.locale, f"status.name.{case.status}"))
         return
-    followup.withdraw(session, case, (reason or "").strip()[:1000] or None, now)
+    await followup.withdraw(session, case, (reason or "").strip()[:1000] or None, now)
     responder.say("withdraw.done", tracking=case.tracking_number)
 
 
@@ -234,7 +234,7 @@ async def _submit_review(responder: Responder, citizen: CitizenSession, followup
     if refusal:
         responder.send(refusal)
         return
-    responder.send(followup.request_review(session, case, stage, pending["reasons"], pending["files"], now,
+    responder.send(await followup.request_review(session, case, stage, pending["reasons"], pending["files"], now,
                                            citizen.locale))
 
 

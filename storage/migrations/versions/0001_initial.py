@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 04:08:05.446081
+Create Date: 2026-11-27 04:14:31.940300
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -72,12 +73,19 @@ def upgrade() -> None:
     sa.Column('rereview_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('withdrawn_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('final_same_matter', sa.String(length=32), nullable=True),
+    sa.Column('possible_repeat_of', sa.String(length=32), nullable=True),
+    sa.Column('first_time', sa.Boolean(), nullable=False),
+    sa.Column('leader', sa.String(length=100), nullable=True),
+    sa.Column('next_due_clock', sa.String(length=16), nullable=True),
+    sa.Column('next_due_on', sa.Date(), nullable=True),
+    sa.Column('overdue', sa.String(length=64), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
     sa.UniqueConstraint('tracking_number', name=op.f('uq_cases_tracking_number'))
     )
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_cases_assignee_id'), ['assignee_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_citizen_user_id'), ['citizen_user_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_next_due_on'), ['next_due_on'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_submitted_at'), ['submitted_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_unit_code'), ['unit_code'], unique=False)
@@ -134,6 +142,22 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('case_attachments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_case_attachments_case_id'), ['case_id'], unique=False)
+
+    op.create_table('case_clocks',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('case_id', sa.Integer(), nullable=False),
+    sa.Column('clock', sa.String(length=16), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('due_on', sa.Date(), nullable=False),
+    sa.Column('stopped_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('next_reminder_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('reminders_sent', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_clocks_case_id_cases'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_case_clocks'))
+    )
+    with op.batch_alter_table('case_clocks', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_case_clocks_case_id'), ['case_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_case_clocks_next_reminder_at'), ['next_reminder_at'], unique=False)
 
     op.create_table('case_events',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -234,6 +258,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_case_events_case_id'))
 
     op.drop_table('case_events')
+    with op.batch_alter_table('case_clocks', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_case_clocks_next_reminder_at'))
+        batch_op.drop_index(batch_op.f('ix_case_clocks_case_id'))
+
+    op.drop_table('case_clocks')
     with op.batch_alter_table('case_attachments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_case_attachments_case_id'))
 
@@ -249,6 +278,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_cases_unit_code'))
         batch_op.drop_index(batch_op.f('ix_cases_submitted_at'))
         batch_op.drop_index(batch_op.f('ix_cases_status'))
+        batch_op.drop_index(batch_op.f('ix_cases_next_due_on'))
         batch_op.drop_index(batch_op.f('ix_cases_citizen_user_id'))
         batch_op.drop_index(batch_op.f('ix_cases_assignee_id'))
 
