@@ -54,14 +54,15 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     staff_locale = settings.default_locale
     wakeup = Wakeup()
     clocks = Clocks(bureau, settings.staff_chat_id, staff_locale)
+    relay = RelayService(settings.staff_chat_id, staff_locale)
     followup = FollowUpService(bureau, settings.staff_chat_id, staff_locale,
                                max_failures_per_user=settings.status_max_failures_per_user,
                                max_failures_per_number=settings.status_max_failures_per_number, clocks=clocks)
     dp = Dispatcher(
         settings=settings, bureau=bureau,
-        intake=IntakeService(engine, clocks, settings.staff_chat_id, staff_locale),
+        intake=IntakeService(engine, clocks, relay, settings.staff_chat_id, staff_locale),
         followup=followup,
-        relay=RelayService(settings.staff_chat_id, staff_locale),
+        relay=relay,
         staff_service=StaffService(bureau, staff_locale, frozenset(settings.admin_ids),
                                    settings.staff_chat_id, clock, followup, clocks),
         clocks=clocks,

@@ -1,4 +1,4 @@
-"""``petition-bot``: run (long polling), migrate, chat (the bot in a terminal).
+"""``petition-bot``: run (long polling), migrate, chat (the bot in a terminal), report (KPIs).
 
 Only wiring lives here: settings → logging → database → dispatcher → run.
 """
@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bot.settings import Settings, SettingsError, load_settings
 from dialogs.bureau import BureauConfigError, load_bureau_config
@@ -29,6 +30,17 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user-id", type=int, default=1001, help="the simulated citizen's Telegram id")
     chat.add_argument("--language", choices=["zh", "en"], default=None,
                       help="the simulated Telegram client's language (default: PETITION_DEFAULT_LOCALE)")
+    # -- report (KPIs; bot/report.py) --
+    report = sub.add_parser("report", help="KPIs for a period: table, CSV or XLSX (docs/KPI.md)")
+    report.add_argument("--from", dest="start", required=True, metavar="DATE", help="first day, YYYY-MM-DD")
+    report.add_argument("--to", dest="end", required=True, metavar="DATE", help="last day, YYYY-MM-DD (included)")
+    report.add_argument("--unit", metavar="CODE", help="only this handling unit's cases")
+    report.add_argument("--format", choices=["table", "csv", "xlsx"], default="table")
+    report.add_argument("--out", type=Path, metavar="FILE", help="write here (required for xlsx)")
+    report.add_argument("--lang", choices=["zh", "en"], default=None,
+                        help="language of headers and names (default: PETITION_DEFAULT_LOCALE)")
+    report.add_argument("--other-channels", type=int, default=0, metavar="N",
+                        help="petitions received in the period by letter, visit or phone (for the online share)")
     return parser
 
 
@@ -40,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, BureauConfigError) as exc:
         print(f"petition-bot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=settings.log_level if args.command != "chat" else "WARNING",
+    logging.basicConfig(level=settings.log_level if args.command not in ("chat", "report") else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "migrate":
@@ -50,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_chat(settings, bureau, user_id=args.user_id,
                                         language=args.language or settings.default_locale))
+        if args.command == "report":
+            from bot.report import run_report
+
+            return asyncio.run(run_report(settings, bureau, start=args.start, end=args.end, unit=args.unit,
+                                          fmt=args.format, out=args.out, lang=args.lang,
+                                          other_channels=args.other_channels))
         if not settings.bot_token:
             print("petition-bot: PETITION_BOT_TOKEN: required for `run` "
                   "(try `petition-bot chat` to use the bot without Telegram)", file=sys.stderr)

@@ -29,6 +29,10 @@ class Conversation:
     emergency: bool = False
     #: The album (media group) of the last attachment: one acknowledgement per album.
     last_album: str | None = None
+    #: An open case of the same petitioner that looks like the same matter, shown
+    #: before submitting; ``repeat_ack`` once the citizen chose to file anyway.
+    repeat_of: str | None = None
+    repeat_ack: bool = False
     #: The answers as they were when a change from the summary began: going
     #: back restores them, so an abandoned change leaves nothing half-done.
     edit_snapshot: dict[str, Any] | None = None

@@ -38,6 +38,10 @@ class Submission:
     consent_at: str
     emergency: bool
     locale: str
+    #: The citizen was shown this open case on the same matter and filed anyway.
+    repeat_of: str | None = None
+    #: The citizen chose to add this filing to that open case instead.
+    merge: bool = False
 
 
 @dataclass
@@ -328,6 +332,9 @@ class IntakeEngine:
     def _at_summary(self, conv: Conversation, inp: Input, locale: str,
                     out: list[Reply]) -> Outcome:
         if inp.kind is InputKind.BUTTON:
+            if inp.value in (S.REPEAT_ADD, S.REPEAT_FILE) and conv.repeat_of:
+                conv.repeat_ack = True
+                return Outcome(None, out, self._submission(conv, locale, merge=inp.value == S.REPEAT_ADD))
             if inp.value == S.CONFIRM:
                 missing = conv.first_missing()
                 if missing is not None:  # never submit without what the law or the bureau requires
@@ -337,10 +344,7 @@ class IntakeEngine:
                 moved = fire(conv, "confirm")
                 if moved is None:  # pragma: no cover - summary always confirms
                     raise RuntimeError("intake machine refused confirm from the summary")
-                return Outcome(None, out, Submission(
-                    answers=dict(conv.answers), attachments=list(conv.attachments),
-                    consent_at=conv.consent_at or self.clock().isoformat(),
-                    emergency=conv.emergency, locale=locale))
+                return Outcome(None, out, self._submission(conv, locale))
             if inp.value == S.EDIT_MENU:
                 rows = [(Button(f"{S.EDIT_PREFIX}{s}", label_key=f"summary.{s}"),)
                         for s in EDITABLE if conv.applies(s)]
@@ -367,6 +371,20 @@ class IntakeEngine:
             return Outcome(conv, out)
         out.append(self._summary_prompt(locale, Text("summary.use_buttons")))
         return Outcome(conv, out)
+
+    def _submission(self, conv: Conversation, locale: str, *, merge: bool = False) -> Submission:
+        return Submission(answers=dict(conv.answers), attachments=list(conv.attachments),
+                          consent_at=conv.consent_at or self.clock().isoformat(), emergency=conv.emergency,
+                          locale=locale, repeat_of=conv.repeat_of if conv.repeat_ack else None, merge=merge)
+
+    @staticmethod
+    def repeat_question(conv: Conversation) -> Reply:
+        """Shown instead of submitting when an open case looks like the same matter."""
+        return Reply(blocks=(Text("repeat.found", {"tracking": conv.repeat_of or ""}),),
+                     keyboard=Keyboard(Step.SUMMARY.value, (
+                         (Button(S.REPEAT_ADD, label_key="button.repeat_add"),),
+                         (Button(S.REPEAT_FILE, label_key="button.repeat_file"),),
+                         (Button(S.NAV_CANCEL, label_key="button.cancel"),))))
 
     def _summary_prompt(self, locale: str, prefix: Text) -> Reply:
         return Reply(blocks=(prefix,), keyboard=self._summary_keyboard())

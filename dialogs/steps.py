@@ -38,6 +38,8 @@ NAV_PAGE = "~p"
 CONFIRM = "~confirm"
 EDIT_MENU = "~edit"
 EDIT_PREFIX = "~e."
+REPEAT_ADD = "~repeat_add"
+REPEAT_FILE = "~repeat_file"
 CANCEL_YES = "~cancel_yes"
 CANCEL_NO = "~cancel_no"
 

@@ -72,6 +72,8 @@ class CardRenderer:
             flags.append(t(loc, "staff.card.flag_repeat", original=case.possible_repeat_of))
         if case.first_time:
             flags.append(t(loc, "staff.card.flag_first", leader=case.leader or t(loc, "staff.card.no_leader")))
+        elif case.leader:
+            flags.append(t(loc, "staff.card.flag_leader", leader=case.leader))
         for clock in (case.overdue or "").split(","):
             if clock:
                 flags.append(t(loc, f"clock.overdue.{clock}"))

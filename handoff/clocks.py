@@ -165,6 +165,7 @@ class Clocks:
 
     def _send(self, session: AsyncSession, case: Case, clock: CaseClock, name: str, now: datetime) -> None:
         unit = self.bureau.unit(case.unit_code or "")
+        chat: int | None
         if case.assignee_id is not None:
             chat = case.assignee_id
         elif unit is not None and unit.chat_id is not None:

@@ -10,6 +10,7 @@ together, with the update id.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from dialogs.messages import Input, Reply
 from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
 from handoff.clocks import Clocks
 from handoff.outbox import PRIORITY_URGENT, enqueue
+from handoff.relay import TERMINAL_VALUES, RelayService
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository
 
@@ -32,11 +34,12 @@ _NUMBER_ATTEMPTS = 8
 
 
 class IntakeService:
-    def __init__(self, engine: IntakeEngine, clocks: Clocks, staff_chat_id: int | None = None,
-                 staff_locale: str = "zh") -> None:
+    def __init__(self, engine: IntakeEngine, clocks: Clocks, relay: RelayService,
+                 staff_chat_id: int | None = None, staff_locale: str = "zh") -> None:
         self.engine = engine
         self.bureau = engine.bureau
         self.clocks = clocks
+        self.relay = relay
         self.staff_chat_id = staff_chat_id
         self.staff_locale = staff_locale
 
@@ -61,12 +64,45 @@ class IntakeService:
         conv = Conversation.from_json(citizen.data)
         outcome = self.engine.handle(conv, inp, citizen.locale)
         replies = outcome.replies
-        if outcome.submission is not None:
-            tracking, code = await self._submit(session, citizen, outcome.submission, now)
+        sub = outcome.submission
+        if sub is not None and sub.merge and sub.repeat_of:
+            tracking = await self._merge(session, citizen, sub, now)
+            if tracking is not None:
+                replies.append(Reply.text("repeat.added", tracking=tracking))
+                self._store(citizen, None)
+                return replies
+            sub = replace(sub, merge=False)  # the open case has closed meanwhile: file it
+        if sub is not None and sub.repeat_of is None and not conv.repeat_ack:
+            same = await CaseRepository(session).open_same_matter(
+                citizen.user_id, sub.answers["phone"], sub.answers.get("id_number") or None,
+                sub.answers["category"], sub.answers["location"],
+                f"{sub.answers['title']} {sub.answers['request']}")
+            if same is not None:
+                conv.repeat_of = same
+                replies.append(self.engine.repeat_question(conv))
+                self._store(citizen, conv)
+                return replies
+        if sub is not None:
+            tracking, code = await self._submit(session, citizen, sub, now)
             replies.append(Reply.text("submitted.receipt", tracking=tracking, code=code))
             log.info("case %s submitted", tracking)
         self._store(citizen, outcome.conversation)
         return replies
+
+    async def _merge(self, session: AsyncSession, citizen: CitizenSession, sub: Submission,
+                     now: datetime) -> str | None:
+        """Add the new filing's words and files to the open case instead of a new one."""
+        case = await CaseRepository(session).by_tracking_number(sub.repeat_of or "")
+        if case is None or case.citizen_user_id != citizen.user_id or case.status in TERMINAL_VALUES:
+            return None
+        a = sub.answers
+        text = "\n".join(f"{t(self.staff_locale, f'summary.{k}')}: {a[k]}"
+                         for k in ("title", "request", "facts", "reasons") if a.get(k))
+        self.relay.relay(session, case, {"text": text}, now, urgent=sub.emergency)
+        for item in sub.attachments:
+            self.relay.relay(session, case, {"file_kind": item["kind"], "file_id": item["file_id"],
+                                             "caption": item.get("caption")}, now)
+        return case.tracking_number
 
     @staticmethod
     def _store(citizen: CitizenSession, conv: Conversation | None) -> None:
@@ -108,6 +144,8 @@ class IntakeService:
         ]
         case.final_same_matter = await cases.final_same_matter(
             citizen.user_id, case.phone, case.id_number, case.category, case.location)
+        case.possible_repeat_of = sub.repeat_of
+        case.first_time = not await cases.has_filed_before(citizen.user_id, case.phone, case.id_number)
         await cases.add(case, sub.attachments, events)
         await self.clocks.on_event(session, case, "submitted", now)
         self._hand_to_staff(session, case, sub.attachments, now)

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 TEXT_LIMIT = 2000
 
 #: Actions that do not change the status.
-CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS = (
-    "claim", "unassign", "give_to", "ask_info", "reply", "details")
-EXTRA_ACTIONS = (CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS)
+CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER = (
+    "claim", "unassign", "give_to", "ask_info", "reply", "details", "leader")
+EXTRA_ACTIONS = (CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER)
 
 #: A choice an action needs before it can run: (parameter, values). Units and
 #: staff members are listed from the configuration and the staff table.
@@ -54,7 +54,7 @@ NEEDS_UNIT = frozenset({Action.TRANSFER, Action.ASSIGN})
 NEEDS_TEXT = frozenset({
     Action.REDIRECT, Action.NOT_ACCEPT, Action.DIRECT_TO_ROUTE, Action.OBJECT, Action.EXTEND,
     Action.DECIDE, Action.DECIDE_REVIEW, Action.DECIDE_REREVIEW, Action.RETURN_FOR_REWORK,
-    Action.NOT_REACCEPT, Action.MARK_DUPLICATE, ASK_INFO, REPLY,
+    Action.NOT_REACCEPT, Action.MARK_DUPLICATE, ASK_INFO, REPLY, LEADER,
 })
 #: Status changes the citizen is told about with a message of their own
 #: (``notice.<action>``); the others get the generic ``notice.status``.
@@ -124,7 +124,7 @@ class StaffService:
             return [DETAILS]
         actions: list[str] = [CLAIM if case.assignee_id is None else UNASSIGN, GIVE_TO]
         actions += [a.value for a in allowed_actions(case.status, "staff")]
-        actions += [ASK_INFO, REPLY, DETAILS]
+        actions += [ASK_INFO, REPLY, LEADER, DETAILS]
         return actions
 
     def card_buttons(self, case: Case) -> tuple[tuple[Button, ...], ...]:
@@ -325,6 +325,8 @@ class StaffService:
             self._notify(session, case, "notice.ask_info", now, text=text or "")
         elif action == REPLY:
             self._notify(session, case, "notice.reply", now, text=text or "")
+        elif action == LEADER:
+            case.leader = (text or "")[:100] or None
         else:
             problem = await self._transition(session, case, Action(action), params, text, now)
             if problem:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from difflib import SequenceMatcher
 from typing import Any
 
 from sqlalchemy import delete, exists, or_, select
@@ -12,6 +13,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Attachment, Case, CaseEvent, CitizenSession, ProcessedUpdate
+
+#: Statuses after which a case is no longer open: the lifecycle's terminal states
+#: (storage does not import the machine; tests/test_case_machine.py checks they agree).
+CLOSED_STATUSES = ("final", "closed", "duplicate", "not_reaccepted", "withdrawn")
 
 
 async def claim_update(session: AsyncSession, update_id: int, now: datetime) -> bool:
@@ -56,12 +61,34 @@ class CaseRepository:
     async def final_same_matter(self, user_id: int, phone: str, id_number: str | None, category: str,
                                 location: str) -> str | None:
         """A case of the same petitioner on the same matter that is final after re-review (art. 36 ¶3)."""
-        same_person = or_(Case.citizen_user_id == user_id, Case.phone == phone,
-                          *([Case.id_number == id_number] if id_number else []))
+        same_person = self._same_person(user_id, phone, id_number)
         return await self.session.scalar(
             select(Case.tracking_number).where(same_person, Case.status == "final", Case.category == category,
                                                Case.location == location)
             .order_by(Case.submitted_at.desc()).limit(1))
+
+    @staticmethod
+    def _same_person(user_id: int, phone: str, id_number: str | None) -> Any:
+        return or_(Case.citizen_user_id == user_id, Case.phone == phone,
+                   *([Case.id_number == id_number] if id_number else []))
+
+    async def has_filed_before(self, user_id: int, phone: str, id_number: str | None) -> bool:
+        return bool(await self.session.scalar(select(exists().where(self._same_person(user_id, phone, id_number)))))
+
+    async def open_same_matter(self, user_id: int, phone: str, id_number: str | None, category: str,
+                               location: str, text: str, *, similarity: float = 0.6) -> str | None:
+        """An open case of the same petitioner with the same category and location,
+        or with clearly similar words (art. 19 ¶3)."""
+        rows = (await self.session.execute(
+            select(Case.tracking_number, Case.category, Case.location, Case.title, Case.request)
+            .where(self._same_person(user_id, phone, id_number), Case.status.not_in(CLOSED_STATUSES))
+            .order_by(Case.submitted_at.desc()).limit(50))).all()
+        for number, cat, loc, title, request in rows:
+            if (cat, loc) == (category, location):
+                return str(number)
+            if SequenceMatcher(None, text, f"{title} {request}").ratio() >= similarity:
+                return str(number)
+        return None
 
     async def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
         self.session.add(case)

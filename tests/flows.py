@@ -66,6 +66,9 @@ async def file_petition(citizen: SimUser, **kwargs: str) -> tuple[str, str]:
     """A whole filing; returns (tracking number, query code) from the receipt."""
     await to_summary(citizen, **kwargs)
     await citizen.press(labels(citizen)["confirm"])
+    if "repeat_file" in "".join(data or "" for _, data in citizen.buttons()):
+        # An open case on the same matter was found: this helper files anyway.
+        await citizen.press_data(next(d for _, d in citizen.buttons() if d and "repeat_file" in d))
     receipt = citizen.last_text
     tracking = TRACKING.search(receipt)
     code = CODE.search(receipt)

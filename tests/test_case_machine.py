@@ -233,3 +233,10 @@ def test_machine_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
         assert case_machine() is case_machine()
     finally:
         case_machine.cache_clear()
+
+
+def test_storage_knows_the_same_terminal_statuses_as_the_machine() -> None:
+    from state_machine.case import TERMINAL
+    from storage.repositories import CLOSED_STATUSES
+
+    assert set(CLOSED_STATUSES) == {s.value for s in TERMINAL}

@@ -1,5 +1,5 @@
 """Staff in their chats: buttons on case cards, free-text follow-ups, replies to
-citizens, /queue, /case, /mine, /staff. Every event is authorized on the
+citizens, /queue, /case, /mine, /staff, /stats. Every event is authorized on the
 sender's user id; everyone else gets one short line and nothing changes."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.callbacks import StaffAction
 from bot.middlewares import Responder
 from bot.render import staff_keyboard
+from bot.report import stats_reply
+from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.cards import CardRenderer
 from handoff.queue import QueueService
@@ -143,6 +145,23 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
             responder.say("staff.refused.not_admin")
             return
         responder.send(await queue.manage_staff(session, command.args or "", member.user_id, now))
+
+    # -- /stats (KPIs; bot/report.py) --
+    @router.message(Command("stats"))
+    async def on_stats(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
+                       staff_service: StaffService, bureau: BureauConfig, now: datetime) -> None:
+        if _anonymous(message):
+            responder.say("staff.refused.anonymous")
+            return
+        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
+                                  responder, "/stats")
+        if member is None:
+            return
+        if not staff_service.is_admin(member):
+            log.warning("denied /stats to non-admin %s", member.user_id)
+            responder.say("kpi.refused_not_admin")
+            return
+        responder.send(await stats_reply(session, bureau, command.args or "", now, responder.locale))
 
     @router.message(Command("cancel"))
     async def on_cancel(message: Message, session: AsyncSession, responder: Responder,

@@ -1,0 +1,106 @@
+"""Repeat petitions, first-time petitions and the leader in charge (DOMAIN.md §9)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from storage.models import Case, CaseEvent
+from tests.conftest import STAFF_CHAT, App
+from tests.flows import ZH, file_petition, to_summary
+from tests.test_handoff_e2e import ADMIN, _press
+
+
+async def _cases(app: App) -> list[Case]:
+    async with app.sessionmaker() as session:
+        return list((await session.scalars(select(Case).order_by(Case.id))).all())
+
+
+async def test_the_first_petition_is_flagged_first_time_and_the_next_is_not(app: App) -> None:
+    citizen = app.sim.citizen()
+    await file_petition(citizen)
+    await file_petition(citizen, title="另一件事")
+    first, second = await _cases(app)
+    assert first.first_time and not second.first_time
+
+
+async def test_the_same_matter_open_is_shown_and_can_be_added_to_it(app: App) -> None:
+    citizen = app.sim.citizen()
+    tracking, _ = await file_petition(citizen)
+    await app.deliver()
+    await to_summary(citizen, title="还是拖欠工资")
+    [question] = await citizen.press(ZH["confirm"])
+    assert tracking in question and "同一事项" in question
+    [added] = await citizen.press("➕ 补充到原事项")
+    assert tracking in added
+    cases = await _cases(app)
+    assert len(cases) == 1
+    async with app.sessionmaker() as session:
+        notes = list(await session.scalars(select(CaseEvent.note).where(CaseEvent.action == "citizen_message")))
+    assert notes and "还是拖欠工资" in notes[0]
+    await app.deliver()
+    relayed = [c for c in app.telegram.sent(STAFF_CHAT) if "还是拖欠工资" in c.text]
+    assert relayed
+
+
+async def test_filing_the_same_matter_anyway_links_and_flags_it_for_staff(app: App) -> None:
+    citizen = app.sim.citizen()
+    tracking, _ = await file_petition(citizen)
+    await to_summary(citizen, title="再次反映拖欠工资")
+    await citizen.press(ZH["confirm"])
+    [receipt] = await citizen.press("📝 仍作为新事项提交")
+    assert "已提交" in receipt
+    _, second = await _cases(app)
+    assert second.possible_repeat_of == tracking
+    await app.deliver()
+    card = next(c for c in app.telegram.sent(STAFF_CHAT) if second.tracking_number in c.text)
+    assert f"可能与 {tracking} 重复" in card.text
+    # staff can mark it a duplicate of the original
+    await _press(app, ADMIN, second, "mark_duplicate")
+    await app.sim.staff(ADMIN, STAFF_CHAT).send(tracking)
+    async with app.sessionmaker() as session:
+        marked = await session.get(Case, second.id)
+    assert marked is not None and (marked.status, marked.duplicate_of) == ("duplicate", tracking)
+
+
+async def test_same_petitioner_by_phone_from_another_account_is_recognised(app: App) -> None:
+    tracking, _ = await file_petition(app.sim.citizen(1))
+    other_account = app.sim.citizen(2)
+    await to_summary(other_account, title="拖欠工资")
+    [question] = await other_account.press(ZH["confirm"])
+    assert tracking in question
+
+
+async def test_a_different_matter_is_not_called_a_repeat(app: App) -> None:
+    citizen = app.sim.citizen()
+    await file_petition(citizen)
+    await citizen.send("/new")
+    await citizen.press(ZH["accept"])
+    await citizen.press(ZH["suggestion"])
+    await citizen.send("教育")
+    await citizen.press(ZH["skip"])
+    await citizen.send("东城")
+    for answer in ("学校门口设红绿灯", "增设红绿灯", "车多", "安全"):
+        await citizen.send(answer)
+    await citizen.press(ZH["skip"])
+    await citizen.press(ZH["skip"])
+    await citizen.press(ZH["no_litigation"])
+    await citizen.press(ZH["done"])
+    await citizen.send("张三")
+    await citizen.send("13912345678")
+    await citizen.send("地址")
+    await citizen.press(ZH["no_publish"])
+    [receipt] = await citizen.press(ZH["confirm"])
+    assert "已提交" in receipt
+
+
+async def test_staff_set_the_leader_in_charge_shown_on_the_card(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    await app.deliver()
+    [case] = await _cases(app)
+    await _press(app, ADMIN, case, "leader")
+    await app.sim.staff(ADMIN, STAFF_CHAT).send("王局长（副局长）")
+    await app.deliver()
+    [case] = await _cases(app)
+    assert case.leader == "王局长（副局长）"
+    edits = [c for c in app.telegram.calls if type(c).__name__ == "EditMessageText"]
+    assert "包案领导：王局长（副局长）" in edits[-1].text
