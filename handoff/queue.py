@@ -30,28 +30,31 @@ class QueueService:
     locale: str
 
     async def listing(self, session: AsyncSession, *, page: int = 0, assignee: int | None = None) -> str:
-        """Open cases: unclaimed first, then the oldest (the most urgent) first."""
+        """Open cases: overdue first, then unclaimed, urgent, and the nearest deadline."""
         where: list[ColumnElement[bool]] = [Case.status.not_in(TERMINAL_VALUES)]
         if assignee is not None:
             where.append(Case.assignee_id == assignee)
         total = int(await session.scalar(select(func.count()).select_from(Case).where(*where)) or 0)
         rows = (await session.scalars(
             select(Case).where(*where)
-            .order_by(when((Case.assignee_id.is_(None), 0), else_=1), Case.emergency.desc(),
-                      Case.submitted_at, Case.id)
+            .order_by(when((Case.overdue.is_not(None), 0), else_=1),
+                      when((Case.assignee_id.is_(None), 0), else_=1), Case.emergency.desc(),
+                      Case.next_due_on, Case.submitted_at, Case.id)
             .offset(page * PAGE).limit(PAGE))).all()
         if not rows:
             return str(t(self.locale, "staff.queue.empty"))
         pages = -(-total // PAGE)
         lines = [str(t(self.locale, "staff.queue.header", total=total, page=page + 1, pages=pages))]
         for c in rows:
+            labels = "".join(t(self.locale, f"clock.overdue.{clock}") + " "
+                             for clock in (c.overdue or "").split(",") if clock)
             lines.append(str(t(
                 self.locale, "staff.queue.line", tracking=c.tracking_number,
                 status=t(self.locale, f"staff.status.{c.status}"),
                 submitted=c.submitted_at.astimezone(BUREAU_TZ).strftime("%m-%d"),
                 title=c.title if len(c.title) <= 30 else c.title[:29] + "…",
                 assignee=str(c.assignee_id) if c.assignee_id else t(self.locale, "staff.card.unassigned"),
-                urgent="🚨" if c.emergency else "")))
+                urgent=("🚨" if c.emergency else "") + labels)))
         if page + 1 < pages:
             lines.append(str(t(self.locale, "staff.queue.more", next=page + 2)))
         return "\n".join(lines)

@@ -111,3 +111,17 @@ async def test_a_stopped_clock_sends_no_more_reminders(app: App) -> None:
     async with app.sessionmaker() as session:
         case = (await session.scalars(select(Case))).one()
     assert case.overdue is None
+
+
+async def test_queue_lists_overdue_cases_first_with_their_label(app: App) -> None:
+    first, _ = await file_petition(app.sim.citizen(1))
+    app.clock.advance(days=10)
+    second, _ = await file_petition(app.sim.citizen(2), title="后来的")
+    await app.deliver()
+    app.clock.advance(days=7)  # the first is now past its 15 days, the second is not
+    await app.maintenance.tick()
+    from tests.conftest import STAFF_CHAT as CHAT
+
+    [listing] = await app.sim.staff(ADMIN, CHAT).send("/queue")
+    assert listing.index(first) < listing.index(second)
+    assert "超期未转送" in listing.split(second)[0]
