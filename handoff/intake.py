@@ -62,8 +62,11 @@ class IntakeService:
     async def handle(self, session: AsyncSession, citizen: CitizenSession, inp: Input,
                      now: datetime) -> list[Reply]:
         conv = Conversation.from_json(citizen.data)
+        was_emergency = conv.emergency
         outcome = self.engine.handle(conv, inp, citizen.locale)
         replies = outcome.replies
+        if conv.emergency and not was_emergency and outcome.submission is None:
+            self._page_staff(session, citizen, inp.text or (inp.media.caption if inp.media else "") or "", now)
         sub = outcome.submission
         if sub is not None and sub.merge and sub.repeat_of:
             tracking = await self._merge(session, citizen, sub, now)
@@ -150,6 +153,14 @@ class IntakeService:
         await self.clocks.on_event(session, case, "submitted", now)
         self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code
+
+    def _page_staff(self, session: AsyncSession, citizen: CitizenSession, said: str, now: datetime) -> None:
+        """Emergency words before any case exists: page the staff at once, ahead of everything."""
+        if self.staff_chat_id is None:
+            return
+        text = t(self.staff_locale, "staff.urgent_filing", user=citizen.user_id, text=said[:300])
+        enqueue(session, kind="text", chat_id=self.staff_chat_id, now=now, priority=PRIORITY_URGENT,
+                payload={"text": str(text)})
 
     def _suggested_unit(self, location: str) -> str | None:
         unit = self.bureau.unit(location)

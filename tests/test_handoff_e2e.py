@@ -417,3 +417,15 @@ async def test_a_unit_with_its_own_chat_gets_the_card_on_transfer(settings, sess
     await app.sim.feed(app.sim.staff(ADMIN, unit_chat).callback_update(
         StaffAction(case=case.id, action="receive", v=case.version).pack()))
     assert (await _case(app)).status == "unit_received"
+
+
+async def test_emergency_words_mid_filing_page_the_staff_ahead_of_everything(app: App) -> None:
+    await file_petition(app.sim.citizen(1))  # a normal card is waiting in the outbox
+    citizen = app.sim.citizen(2)
+    await citizen.send("/new")
+    await citizen.press(ZH["accept"])
+    [advice, question] = await citizen.send("救命，有人打人")
+    assert "110" in advice and "哪一类" in question
+    await app.deliver()
+    staff = [c for c in app.telegram.sent(STAFF_CHAT)]
+    assert "紧急" in staff[0].text and "有人打人" in staff[0].text
