@@ -11,6 +11,7 @@ the same time; failed lookups are limited per account and per number.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -76,7 +77,7 @@ class FollowUpService:
                              await self._blocked_for(session, number_key, self.max_failures_per_number, now)) if w]
         if waits:
             blocked = max(waits)
-            minutes = max(1, int(blocked.total_seconds() // 60) + 1)
+            minutes = max(1, math.ceil(blocked.total_seconds() / 60))
             return View(str(t(locale, "status.too_many", minutes=minutes))), None
         case = await session.scalar(select(Case).where(Case.tracking_number == number))
         if case is None:
@@ -245,10 +246,12 @@ class FollowUpService:
             await self.clocks.on_event(session, case, action.value, now)
         self._tell_staff(session, case, f"staff.review_requested.{stage}", now, reasons=reasons)
         chat = case.card_chat_id or self.staff_chat_id
+        caption = str(t(self.staff_locale, f"staff.review_file.{stage}", tracking=case.tracking_number))
         for item in files:
             if chat is not None:
                 enqueue(session, kind="file", chat_id=chat, case_id=case.id, now=now, priority=PRIORITY_STAFF,
-                        payload={"reply_to_card": True, "map_replies": True, **item})
+                        payload={"reply_to_card": True, "map_replies": True, **item,
+                                 "caption": caption + (f"\n{item['caption']}" if item.get("caption") else "")})
             case.attachment_count += 1
         return str(t(locale, f"review.requested.{stage}", tracking=case.tracking_number,
                      date=due_date(now, days)))
@@ -299,7 +302,8 @@ class FollowUpService:
         answer = str(t(locale, "rating.thanks"))
         if score == "unsatisfied":
             self._tell_staff(session, case, "staff.unsatisfied", now,
-                             target=t(self.staff_locale, f"rating.target.{target}"), stage=rating.stage)
+                             target=t(self.staff_locale, f"rating.target.{target}"),
+                             stage=t(self.staff_locale, f"rating.stage.{rating.stage}"))
             key = "rating.unsatisfied_review" if case.status == "review_window" else "rating.unsatisfied"
             answer += "\n" + str(t(locale, key))
         both = rating.bureau_score is not None and rating.unit_score is not None

@@ -17,7 +17,8 @@ from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_STAFF, PRIORITY_URGENT, 
 from state_machine.case import TERMINAL
 from storage.models import Case, CaseEvent
 
-TEXT_LIMIT = 3000
+#: Any Telegram message fits (4096 characters): a citizen's message is never cut.
+TEXT_LIMIT = 4096
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 
 

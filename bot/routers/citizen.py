@@ -16,6 +16,7 @@ from bot.callbacks import IntakeButton, MenuAction, MenuButton, RelayChoice
 from bot.middlewares import Responder
 from bot.render import language_menu, main_menu
 from dialogs.bureau import BureauConfig
+from dialogs.errors import InputError
 from dialogs.i18n import LOCALES
 from dialogs.messages import Command as IntakeCommand
 from dialogs.messages import Input, InputKind, Media
@@ -91,7 +92,8 @@ def build_citizen_router() -> Router:
             responder.say("idle_hint", main_menu(responder.locale))
 
     @router.message(Command("language"))
-    async def on_language(message: Message, responder: Responder) -> None:
+    async def on_language(message: Message, citizen: CitizenSession, responder: Responder) -> None:
+        citizen.awaiting = None
         responder.say("language.prompt", language_menu())
 
     @router.callback_query(MenuButton.filter())
@@ -152,7 +154,11 @@ def build_citizen_router() -> Router:
             return
         urgent = _urgent(bureau, message, responder)
         if len(cases) == 1:
-            relay.relay(session, cases[0], content, now, urgent=urgent)
+            try:
+                relay.relay(session, cases[0], content, now, urgent=urgent)
+            except InputError as refused:
+                responder.say(refused.key, **refused.params)
+                return
             responder.say("relay.sent", tracking=cases[0].tracking_number)
             return
         citizen.extra = {**citizen.extra, "relay": content, "urgent": urgent}
@@ -168,7 +174,11 @@ def build_citizen_router() -> Router:
         if not content or case is None:
             responder.say("relay.expired")
             return
-        relay.relay(session, case, content, now, urgent=bool(citizen.extra.get("urgent")))
+        try:
+            relay.relay(session, case, content, now, urgent=bool(citizen.extra.get("urgent")))
+        except InputError as refused:
+            responder.say(refused.key, **refused.params)
+            return
         citizen.extra = {k: v for k, v in citizen.extra.items() if k not in ("relay", "urgent")}
         responder.say("relay.sent", tracking=case.tracking_number)
 

@@ -15,8 +15,9 @@ from bot.middlewares import Responder
 from bot.render import staff_keyboard
 from bot.routers.citizen import PrivateChat, relay_content
 from dialogs.bureau import BureauConfig
+from dialogs.errors import InputError
 from dialogs.i18n import t
-from handoff.followup import FollowUpService, View
+from handoff.followup import TERMINAL_VALUES, FollowUpService, View
 from handoff.relay import RelayService
 from handoff.staff import parse_arg
 from storage.models import Attachment, Case, CitizenSession
@@ -28,7 +29,11 @@ MAX_VIEWED = 5
 
 
 class AwaitingFollowUp(Filter):
+    """A message answering a follow-up question; commands always keep their meaning."""
+
     async def __call__(self, message: Message, citizen: CitizenSession | None = None) -> bool:
+        if message.text is not None and message.text.startswith("/"):
+            return False
         return citizen is not None and (citizen.awaiting or "").split(":")[0] in (*FOLLOW_UPS, AWAITING_STATUS)
 
 
@@ -118,6 +123,9 @@ def build_followup_router() -> Router:
             _remember_viewed(citizen, case)
             _show(responder, await followup.view(session, case, loc, now, own=True))
         elif action == "add":
+            if case.status in TERMINAL_VALUES:
+                responder.say("add.closed", tracking=case.tracking_number)
+                return
             citizen.awaiting = f"add:{case.id}"
             responder.send(str(t(loc, "add.prompt", tracking=case.tracking_number)),
                            _one_button(loc, "button.done", case.id, "done"))
@@ -164,10 +172,14 @@ def build_followup_router() -> Router:
             return
         if kind == "comment":
             citizen.awaiting = None
-            if message.text and await followup.comment(session, citizen.user_id, _int(rest), message.text, now):
-                responder.say("rating.comment_saved")
-            else:
-                responder.say("followup.skipped")
+            try:
+                saved = bool(message.text) and await followup.comment(
+                    session, citizen.user_id, _int(rest), message.text or "", now)
+            except InputError as refused:
+                citizen.awaiting = f"comment:{rest}"  # keep asking: the comment is not lost, only too long
+                responder.say(refused.key, **refused.params)
+                return
+            responder.say("rating.comment_saved" if saved else "followup.skipped")
             return
         case_id, _, stage = rest.partition(":")
         case = await followup.own_case(session, citizen.user_id, _int(case_id))
@@ -176,6 +188,10 @@ def build_followup_router() -> Router:
             responder.say("followup.not_yours")
             return
         if kind == "add":
+            if case.status in TERMINAL_VALUES:
+                citizen.awaiting = None
+                responder.say("add.closed", tracking=case.tracking_number)
+                return
             content = relay_content(message)
             if content is None:
                 responder.say("add.kind")
@@ -184,7 +200,11 @@ def build_followup_router() -> Router:
             urgent = bool(said and bureau.emergency_words.match(said))
             if urgent:
                 responder.say("emergency.advice")
-            relay.relay(session, case, content, now, urgent=urgent)
+            try:
+                relay.relay(session, case, content, now, urgent=urgent)
+            except InputError as refused:
+                responder.say(refused.key, **refused.params)
+                return
             responder.send(str(t(loc, "add.received", tracking=case.tracking_number)),
                            _one_button(loc, "button.done", case.id, "done"))
         elif kind == "withdraw":
