@@ -17,6 +17,7 @@ import random
 import signal
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -41,6 +42,7 @@ from bot.app import (
 )
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
+from handoff.deadlines import BUREAU_TZ, calendar_warning
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if warning := calendar_warning(datetime.now(BUREAU_TZ).date()):
+            log.error("%s", warning)
         me = await bot.get_me()
         log.info("polling as @%s", me.username)
         await bot.delete_webhook(drop_pending_updates=False)

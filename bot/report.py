@@ -14,7 +14,7 @@ import io
 import logging
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -58,10 +58,18 @@ Cell = str | int | Pct | date | None
 
 @dataclass(frozen=True)
 class Sheet:
+    """One table. A cell None is a value that does not exist ("—", e.g. a rate of
+    nothing); an empty string is a cell that does not apply (left blank)."""
+
     key: str
     title: str
     headers: tuple[str, ...]
     rows: tuple[tuple[Cell, ...], ...]
+    #: Leading rows that describe the report (period, scope, time): the text
+    #: table shows them in its title instead.
+    meta: int = 0
+    #: What each row is (the summary's metric keys), for views that leave some out.
+    row_keys: tuple[str, ...] = ()
 
 
 def _text(locale: str, key: str, **params: Any) -> str:
@@ -117,71 +125,74 @@ class _Names:
 # -- sheets ----------------------------------------------------------------------------
 
 
+def _as_of(report: Report) -> str:
+    return report.now.astimezone(BUREAU_TZ).strftime("%Y-%m-%d %H:%M")
+
+
 def _scope(report: Report, names: _Names) -> str:
     return names.unit(report.unit) if report.unit else _text(names.locale, "kpi.all_units")
+
+
+Row = tuple[str, tuple[Cell, ...]]  # (metric key, cells)
 
 
 def _summary(report: Report, names: _Names) -> Sheet:
     loc = names.locale
     s = report.summary
 
-    def label(key: str) -> str:
-        return _text(loc, f"kpi.metric.{key}")
+    def row(key: str, value: Cell, numerator: Cell = "", denominator: Cell = "", detail: str = "") -> Row:
+        return key, (_text(loc, f"kpi.metric.{key}"), value, numerator, denominator, detail)
 
-    def timeliness(key: str, value: Timeliness | None, detail: str) -> tuple[Cell, ...]:
+    def timeliness(key: str, value: Timeliness | None) -> Row:
         if value is None:
-            return (label(key), Pct(None), None, None, "")
-        return (label(key), Pct(value.rate), value.timely, value.total,
-                _text(loc, detail, timely=value.timely, late=value.late, overdue=value.overdue))
+            return row(key, Pct(None))
+        return row(key, Pct(value.rate), value.timely, value.total,
+                   _text(loc, f"kpi.detail.{key}", timely=value.timely, late=value.late, overdue=value.overdue))
 
-    def satisfaction(key: str, value: Satisfaction) -> tuple[Cell, ...]:
-        return (label(key), Pct(value.rate), value.satisfied + value.basic, value.total,
-                _text(loc, "kpi.detail.satisfaction", satisfied=value.satisfied, basic=value.basic,
-                      unsatisfied=value.unsatisfied))
+    def satisfaction(key: str, value: Satisfaction) -> Row:
+        return row(key, Pct(value.rate), value.satisfied + value.basic, value.total,
+                   _text(loc, "kpi.detail.satisfaction", satisfied=value.satisfied, basic=value.basic,
+                         unsatisfied=value.unsatisfied))
 
-    def participation(value: Participation) -> tuple[Cell, ...]:
-        return (label("participation"), Pct(value.rate), value.rated, value.total,
-                _text(loc, "kpi.detail.participation", rated=value.rated, expired=value.expired))
+    def participation(value: Participation) -> Row:
+        return row("participation", Pct(value.rate), value.rated, value.total,
+                   _text(loc, "kpi.detail.participation", rated=value.rated, expired=value.expired))
 
-    def share(key: str, value: Share | None, detail: str = "") -> tuple[Cell, ...]:
+    def share(key: str, value: Share | None, detail: str) -> Row:
         if value is None:
-            return (label(key), Pct(None), None, None, "")
-        return (label(key), Pct(value.rate), value.part, value.whole, detail)
+            return row(key, Pct(None))
+        return row(key, Pct(value.rate), value.part, value.whole, detail)
 
-    def count(key: str, value: int) -> tuple[Cell, ...]:
-        return (label(key), value, None, None, "")
-
-    period = f"{report.start.isoformat()} – {report.end.isoformat()}"
-    as_of = report.now.astimezone(BUREAU_TZ).strftime("%Y-%m-%d %H:%M")
-    rows: list[tuple[Cell, ...]] = [
-        (label("period"), period, None, None, ""),
-        (label("scope"), _scope(report, names), None, None, ""),
-        (label("as_of"), as_of, None, None, ""),
-        count("received", s.received),
-        count("online", s.online),
-        count("other_channels", s.other_channels),
-        share("online_share", s.online_share, "" if s.online_share is None else _text(
-            loc, "kpi.detail.online_share", online=s.online, all=s.online_share.whole)),
-        timeliness("routing", s.routing, "kpi.detail.routing"),
-        timeliness("acceptance", s.acceptance, "kpi.detail.acceptance"),
-        timeliness("completion", s.completion, "kpi.detail.completion"),
+    online_detail = "" if s.online_share is None else _text(
+        loc, "kpi.detail.online_share", online=s.online, all=s.online_share.whole)
+    rows: list[Row] = [
+        row("period", f"{report.start.isoformat()} – {report.end.isoformat()}"),
+        row("scope", _scope(report, names)),
+        row("as_of", _as_of(report)),
+        row("received", s.received),
+        row("online", s.online),
+        row("other_channels", s.other_channels),
+        share("online_share", s.online_share, online_detail),
+        timeliness("routing", s.routing),
+        timeliness("acceptance", s.acceptance),
+        timeliness("completion", s.completion),
         satisfaction("bureau_satisfaction", s.bureau_satisfaction),
         satisfaction("unit_satisfaction", s.unit_satisfaction),
         participation(s.participation),
         share("repeat", s.repeats, _text(loc, "kpi.detail.repeat")),
-        count("transfers", s.transfers),
-        count("assignments", s.assignments),
-        count("supervisions", s.supervisions),
-        count("reviews", s.reviews),
-        count("rereviews", s.rereviews),
-        count("overdue_acceptance", len(report.overdue_acceptance)),
-        count("overdue_decision", len(report.overdue_decision)),
+        row("transfers", s.transfers),
+        row("assignments", s.assignments),
+        row("supervisions", s.supervisions),
+        row("reviews", s.reviews),
+        row("rereviews", s.rereviews),
+        row("overdue_acceptance", len(report.overdue_acceptance)),
+        row("overdue_decision", len(report.overdue_decision)),
     ]
     if report.calendar_fallbacks:
-        rows.append((label("note"), _text(loc, "kpi.calendar_note", count=report.calendar_fallbacks),
-                     None, None, ""))
+        rows.append(row("note", "", detail=_text(loc, "kpi.calendar_note", count=report.calendar_fallbacks)))
     headers = tuple(_text(loc, f"kpi.col.{c}") for c in ("metric", "value", "numerator", "denominator", "detail"))
-    return Sheet("summary", _text(loc, "kpi.sheet.summary"), headers, tuple(rows))
+    return Sheet("summary", _text(loc, "kpi.sheet.summary"), headers, tuple(cells for _, cells in rows),
+                 meta=3, row_keys=tuple(key for key, _ in rows))
 
 
 def _units(report: Report, names: _Names) -> Sheet:
@@ -250,23 +261,23 @@ def display_width(text: str) -> int:
 
 
 def grid(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
-    """An aligned table: numbers and rates to the right, text to the left."""
+    """An aligned table: numbers, rates and "—" to the right, text to the left."""
     text_rows = [[_cell(c) for c in row] for row in rows]
     widths = [display_width(h) for h in headers]
     for row in text_rows:
         for i, value in enumerate(row):
             widths[i] = max(widths[i], display_width(value))
-    right = [bool(rows) and all(isinstance(r[i], int | Pct) or r[i] is None for r in rows) for i in range(len(headers))]
 
-    def line(values: Sequence[str], align: Sequence[bool]) -> str:
+    def line(values: Sequence[str], right: Sequence[bool]) -> str:
         cells = []
-        for value, width, to_right in zip(values, widths, align, strict=True):
+        for value, width, to_right in zip(values, widths, right, strict=True):
             pad = " " * (width - display_width(value))
             cells.append(pad + value if to_right else value + pad)
         return "  ".join(cells).rstrip()
 
     out = [line(headers, [False] * len(headers)), "  ".join("-" * w for w in widths)]
-    out += [line(row, right) for row in text_rows]
+    out += [line(texts, [c is None or isinstance(c, int | Pct) for c in row])
+            for texts, row in zip(text_rows, rows, strict=True)]
     return "\n".join(out)
 
 
@@ -278,19 +289,24 @@ def title(report: Report, bureau: BureauConfig, locale: str) -> str:
 
 def render_table(report: Report, bureau: BureauConfig, locale: str) -> str:
     """Every sheet, one after another, each under its title."""
-    parts = [title(report, bureau, locale)]
+    parts = [title(report, bureau, locale), _text(locale, "kpi.as_of_line", now=_as_of(report))]
     for sheet in sheets(report, bureau, locale):
         parts.append(f"\n== {sheet.title} ==")
-        parts.append(grid(sheet.headers, sheet.rows) if sheet.rows else _text(locale, "kpi.empty"))
+        rows = sheet.rows[sheet.meta:]
+        parts.append(grid(sheet.headers, rows) if rows else _text(locale, "kpi.empty"))
     return "\n".join(parts) + "\n"
 
 
-def render_summary(report: Report, bureau: BureauConfig, locale: str) -> str:
-    """The summary narrow enough for a phone: metric, value, numerator/denominator."""
+def render_summary(report: Report, bureau: BureauConfig, locale: str, omit: Collection[str] = ()) -> str:
+    """The summary narrow enough for a phone: metric, value, numerator/denominator
+    (``omit``: metric keys to leave out)."""
     sheet = sheets(report, bureau, locale)[0]
     rows: list[tuple[Cell, ...]] = []
-    for metric, value, numerator, denominator, _detail in sheet.rows:
-        rows.append((metric, value, f"{numerator}/{denominator}" if denominator is not None else ""))
+    for key, (metric, value, numerator, denominator, detail) in zip(sheet.row_keys, sheet.rows, strict=True):
+        if key in omit or key in ("period", "scope", "as_of"):
+            continue
+        fraction = f"{numerator}/{denominator}" if isinstance(denominator, int) else ""
+        rows.append((metric, value if value != "" else detail, fraction))
     return grid((*sheet.headers[:2], _text(locale, "kpi.col.fraction")), rows)
 
 
@@ -324,7 +340,7 @@ def write_xlsx(report: Report, bureau: BureauConfig, locale: str, target: str | 
             cell.font = Font(bold=True)
         for row in sheet.rows:
             ws.append([DASH if c is None or (isinstance(c, Pct) and c.value is None)
-                       else c.value if isinstance(c, Pct) else c for c in row])
+                       else c.value if isinstance(c, Pct) else None if c == "" else c for c in row])
             for value, cell in zip(row, ws[ws.max_row], strict=True):
                 if isinstance(value, Pct) and value.value is not None:
                     cell.number_format = "0.00%"
@@ -410,5 +426,7 @@ async def stats_reply(session: AsyncSession, bureau: BureauConfig, args: str, no
     except PeriodError:
         return str(t(locale, "kpi.stats_usage"))
     report = await compute(session, bureau, start=start, end=end, now=now)
+    # The chat has no count of letters, visits and calls: an online share of
+    # the recorded cases alone would read 100 %, so it is left to `report --other-channels`.
     return str(t(locale, "kpi.stats_reply", title=title(report, bureau, locale),
-                 table=render_summary(report, bureau, locale)))
+                 table=render_summary(report, bureau, locale, omit=("other_channels", "online_share"))))

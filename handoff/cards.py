@@ -57,7 +57,8 @@ class CardRenderer:
     def _deadline(self, case: Case) -> str:
         if case.next_due_clock is None or case.next_due_on is None:
             return "—"
-        return str(t(self.locale, f"clock.due.{case.next_due_clock}", date=case.next_due_on.isoformat()))
+        text = str(t(self.locale, f"clock.due.{case.next_due_clock}", date=case.next_due_on.isoformat()))
+        return text + (str(t(self.locale, "clock.estimated")) if case.next_due_estimated else "")
 
     def render(self, case: Case) -> tuple[str, tuple[tuple[Button, ...], ...]]:
         loc = self.locale

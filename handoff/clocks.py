@@ -11,6 +11,7 @@ cards, /queue and /status read them without further queries.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -20,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
-from handoff.deadlines import BUREAU_TZ, due_date
+from handoff.deadlines import BUREAU_TZ, estimated_due_date
 from handoff.outbox import PRIORITY_STAFF, enqueue
 from storage.models import Case, CaseClock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,16 @@ class Clocks:
             days += case.extension_days or 0
         return days
 
-    def _due(self, clock: str, case: Case, start: datetime) -> date:
+    def _due(self, clock: str, case: Case, start: datetime) -> tuple[date, bool]:
+        """(the last day, whether it is estimated because the holiday calendar ends before it)."""
         limits = self.bureau.time_limits
         working = RULES[clock].working or limits.day_counting == "working"
-        return due_date(start, self._days(clock, case), working=working, roll_forward=limits.holiday_rolls_forward)
+        day, estimated = estimated_due_date(start, self._days(clock, case), working=working,
+                                            roll_forward=limits.holiday_rolls_forward)
+        if estimated:
+            log.warning("case %s: %s deadline %s estimated without the holiday calendar",
+                        case.tracking_number, clock, day)
+        return day, estimated
 
     def _reminder_points(self, clock: CaseClock) -> list[tuple[str, datetime]]:
         """(name, when) of every reminder of a staff clock, in time order."""
@@ -122,10 +131,11 @@ class Clocks:
         if event == "extend":
             for clock in running:
                 if clock.clock == "handling" and clock.stopped_at is None:
-                    clock.due_on = self._due("handling", case, clock.started_at)
+                    clock.due_on, clock.estimated = self._due("handling", case, clock.started_at)
                     self._schedule(clock)
         for name in STARTS.get(event, ()):
-            clock = CaseClock(case_id=case.id, clock=name, started_at=now, due_on=self._due(name, case, now),
+            due_on, estimated = self._due(name, case, now)
+            clock = CaseClock(case_id=case.id, clock=name, started_at=now, due_on=due_on, estimated=estimated,
                               stopped_at=None, reminders_sent=[])
             self._schedule(clock)
             session.add(clock)
@@ -138,6 +148,7 @@ class Clocks:
         staff_clocks = [c for c in open_clocks if c.clock != "objection"]
         case.next_due_clock = staff_clocks[0].clock if staff_clocks else None
         case.next_due_on = staff_clocks[0].due_on if staff_clocks else None
+        case.next_due_estimated = bool(staff_clocks and staff_clocks[0].estimated)
         overdue = [c.clock for c in open_clocks if RULES[c.clock].remind and c.due_on < today]
         case.overdue = ",".join(overdue) or None
 

@@ -173,15 +173,16 @@ class FollowUpService:
         """The next date the petitioner can hold someone to, in words (kept by handoff/clocks.py)."""
         if case.next_due_clock is None or case.next_due_on is None:
             return str(t(locale, "status.deadline.none"))
-        return str(t(locale, f"status.deadline.{case.next_due_clock}", date=case.next_due_on.isoformat()))
+        text = str(t(locale, f"status.deadline.{case.next_due_clock}", date=case.next_due_on.isoformat()))
+        return text + (str(t(locale, "clock.estimated")) if case.next_due_estimated else "")
 
     def _window_end(self, case: Case, action: Action) -> Any:
         limits = self.bureau.time_limits
         if action is Action.REQUEST_REVIEW:
             start = case.decision_delivered_at or case.decision_issued_at or case.submitted_at
-            return due_date(start, limits.ask_review_days)
+            return due_date(start, limits.ask_review_days, strict=False)
         start = case.review_delivered_at or case.submitted_at
-        return due_date(start, limits.ask_rereview_days)
+        return due_date(start, limits.ask_rereview_days, strict=False)
 
     # -- the citizen's own cases --------------------------------------------------------
 
@@ -254,7 +255,7 @@ class FollowUpService:
                                  "caption": caption + (f"\n{item['caption']}" if item.get("caption") else "")})
             case.attachment_count += 1
         return str(t(locale, f"review.requested.{stage}", tracking=case.tracking_number,
-                     date=due_date(now, days)))
+                     date=due_date(now, days, strict=False)))
 
     # -- ratings ---------------------------------------------------------------------
 

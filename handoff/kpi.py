@@ -33,7 +33,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogs.bureau import BureauConfig
-from handoff.deadlines import BUREAU_TZ, CalendarRangeError, due_date
+from handoff.deadlines import BUREAU_TZ, estimated_due_date
 from storage.models import Case, CaseEvent, Rating
 
 __all__ = [
@@ -330,23 +330,11 @@ class _Clock:
         self.fallbacks = 0
 
     def due(self, start: datetime, days: int) -> date:
-        working = self.limits.day_counting == "working"
-        try:
-            return due_date(start, days, working=working, roll_forward=self.limits.holiday_rolls_forward)
-        except CalendarRangeError:
-            # The package does not know that year's holidays yet: weekends only.
-            self.fallbacks += 1
-            day = _local(start)
-            if working:
-                counted = 0
-                while counted < days:
-                    day += timedelta(days=1)
-                    counted += day.weekday() < 5
-                return day
-            day += timedelta(days=days)
-            while self.limits.holiday_rolls_forward and day.weekday() >= 5:
-                day += timedelta(days=1)
-            return day
+        day, estimated = estimated_due_date(start, days, working=self.limits.day_counting == "working",
+                                            roll_forward=self.limits.holiday_rolls_forward)
+        # The package does not know that year's holidays yet: weekends only (counted).
+        self.fallbacks += estimated
+        return day
 
 
 @dataclass

@@ -77,7 +77,7 @@ class Maintenance:
                 start, days = case.decision_delivered_at or case.decision_issued_at, limits.ask_review_days
             else:
                 start, days = case.review_delivered_at, limits.ask_rereview_days
-            if start is None or due_date(start, days) >= today:
+            if start is None or due_date(start, days, strict=False) >= today:
                 continue
             new = next_status(case.status, Action.EXPIRE_WINDOW, actor="system")
             if new is None:

@@ -160,6 +160,8 @@ class Case(Base):
     #: The next statutory deadline (kept by handoff/clocks.py) and the overdue clocks.
     next_due_clock: Mapped[str | None] = mapped_column(String(16))
     next_due_on: Mapped[date | None] = mapped_column(Date, index=True)
+    #: The holiday calendar does not reach that day yet: counted with weekends only.
+    next_due_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     overdue: Mapped[str | None] = mapped_column(String(64))
 
     attachments: Mapped[list[Attachment]] = relationship(
@@ -319,6 +321,8 @@ class CaseClock(Base):
     clock: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime]
     due_on: Mapped[date] = mapped_column(Date)
+    #: Counted with weekends only: the holiday calendar has no data for that year yet.
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     stopped_at: Mapped[datetime | None]
     #: When the next reminder is due (None: none left); the scheduler's index.
     next_reminder_at: Mapped[datetime | None] = mapped_column(index=True)

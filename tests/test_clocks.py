@@ -125,3 +125,20 @@ async def test_queue_lists_overdue_cases_first_with_their_label(app: App) -> Non
     [listing] = await app.sim.staff(ADMIN, CHAT).send("/queue")
     assert listing.index(first) < listing.index(second)
     assert "超期未转送" in listing.split(second)[0]
+
+
+async def test_a_deadline_beyond_the_holiday_calendar_is_estimated_not_refused(settings, sessionmaker, bureau) -> None:  # type: ignore[no-untyped-def]
+    from handoff.deadlines import calendar_covers, calendar_warning
+    from tests.conftest import TestClock
+
+    late = datetime(2026, 12, 28, 2, 0, tzinfo=UTC)
+    if calendar_covers(date(2027, 1, 12)):  # a newer chinesecalendar knows 2027: nothing to estimate
+        return
+    app = make_app(settings, sessionmaker, bureau, TestClock(late))
+    citizen = app.sim.citizen()
+    tracking, code = await file_petition(citizen)
+    case = await _case(app)
+    assert case.next_due_estimated and case.next_due_on is not None and case.next_due_on.weekday() < 5
+    [status] = await citizen.send(f"/status {tracking} {code}")
+    assert "按周末推算" in status
+    assert calendar_warning(late.date()) is not None and "chinesecalendar" in str(calendar_warning(late.date()))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 04:14:31.940300
+Create Date: 2026-11-27 04:29:21.794324
 """
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def upgrade() -> None:
     sa.Column('leader', sa.String(length=100), nullable=True),
     sa.Column('next_due_clock', sa.String(length=16), nullable=True),
     sa.Column('next_due_on', sa.Date(), nullable=True),
+    sa.Column('next_due_estimated', sa.Boolean(), nullable=False),
     sa.Column('overdue', sa.String(length=64), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_cases')),
     sa.UniqueConstraint('tracking_number', name=op.f('uq_cases_tracking_number'))
@@ -149,6 +150,7 @@ def upgrade() -> None:
     sa.Column('clock', sa.String(length=16), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('due_on', sa.Date(), nullable=False),
+    sa.Column('estimated', sa.Boolean(), nullable=False),
     sa.Column('stopped_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_reminder_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('reminders_sent', sa.JSON(), nullable=False),
