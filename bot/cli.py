@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, metavar="FILE", help="write here (required for xlsx)")
     report.add_argument("--lang", choices=["zh", "en"], default=None,
                         help="language of headers and names (default: PETITION_DEFAULT_LOCALE)")
-    report.add_argument("--other-channels", type=int, default=0, metavar="N",
-                        help="petitions received in the period by letter, visit or phone (for the online share)")
+    report.add_argument("--other-channels", type=int, default=None, metavar="N",
+                        help="petitions received in the period by letter, visit or phone (for the online share); "
+                             "default: the counts entered with /channels in the staff chat")
     return parser
 
 

@@ -27,6 +27,7 @@ from dialogs.bureau import BureauConfig
 from dialogs.i18n import catalog, t
 from handoff.deadlines import BUREAU_TZ
 from handoff.kpi import (
+    CHANNELS,
     Count,
     Overdue,
     Participation,
@@ -36,6 +37,8 @@ from handoff.kpi import (
     Share,
     Timeliness,
     compute,
+    enter_channel_count,
+    entered_channel_counts,
     parse_period,
 )
 
@@ -374,7 +377,7 @@ def _date(option: str, value: str) -> date | str:
 
 
 async def run_report(settings: Settings, bureau: BureauConfig, *, start: str, end: str, unit: str | None,
-                     fmt: str, out: Path | None, lang: str | None, other_channels: int,
+                     fmt: str, out: Path | None, lang: str | None, other_channels: int | None,
                      now: datetime | None = None) -> int:
     """``petition-bot report``: check the arguments (one line and exit 2 if wrong), then report."""
     first, last = _date("--from", start), _date("--to", end)
@@ -386,7 +389,7 @@ async def run_report(settings: Settings, bureau: BureauConfig, *, start: str, en
         return _fail(f"--from {first} is after --to {last}")
     if unit is not None and bureau.unit(unit) is None:
         return _fail(f"--unit: unknown unit code {unit!r} (codes are in the bureau configuration)")
-    if other_channels < 0:
+    if other_channels is not None and other_channels < 0:
         return _fail(f"--other-channels: cannot be negative ({other_channels})")
     if fmt not in FORMATS:
         return _fail(f"--format: one of {', '.join(FORMATS)}")
@@ -426,7 +429,28 @@ async def stats_reply(session: AsyncSession, bureau: BureauConfig, args: str, no
     except PeriodError:
         return str(t(locale, "kpi.stats_usage"))
     report = await compute(session, bureau, start=start, end=end, now=now)
-    # The chat has no count of letters, visits and calls: an online share of
-    # the recorded cases alone would read 100 %, so it is left to `report --other-channels`.
+    # The online share needs the other channels' counts (entered with /channels);
+    # without them it would read 100 %, so it is left out.
+    omit = ("other_channels", "online_share") if report.summary.online_share is None else ()
     return str(t(locale, "kpi.stats_reply", title=title(report, bureau, locale),
-                 table=render_summary(report, bureau, locale, omit=("other_channels", "online_share"))))
+                 table=render_summary(report, bureau, locale, omit=omit)))
+
+
+async def channels_reply(session: AsyncSession, args: str, user_id: int, now: datetime, locale: str) -> str:
+    """``/channels <period> <letter|visit|phone|other> <count>`` records a count;
+    ``/channels <period>`` shows what was entered."""
+    words = args.split()
+    if not words:
+        return str(t(locale, "kpi.channels_usage"))
+    try:
+        start, end = parse_period(words[0], now.astimezone(BUREAU_TZ).date())
+    except PeriodError:
+        return str(t(locale, "kpi.channels_usage"))
+    if len(words) == 3 and words[2].isdigit() and words[1] in CHANNELS:
+        await enter_channel_count(session, start, end, words[1], int(words[2]), user_id, now)
+        await session.flush()
+    elif len(words) != 1:
+        return str(t(locale, "kpi.channels_usage"))
+    total, known = await entered_channel_counts(session, start, end)
+    return str(t(locale, "kpi.channels_entered", start=start.isoformat(), end=end.isoformat(),
+                 total=total if known else "—"))

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogs.bureau import BureauConfig
 from handoff.deadlines import BUREAU_TZ, estimated_due_date
-from storage.models import Case, CaseEvent, Rating
+from storage.models import Case, CaseEvent, ChannelCount, Rating
 
 __all__ = [
     "ROUTING_ACTIONS",
@@ -462,18 +462,48 @@ async def _load_cases(session: AsyncSession, begin: datetime, finish: datetime,
     return cases
 
 
+async def entered_channel_counts(session: AsyncSession, start: date, end: date) -> tuple[int, bool]:
+    """(other channels' petitions entered for periods inside ``start``..``end``,
+    whether that is known: something was entered and no entered period straddles the edges)."""
+    rows = (await session.scalars(select(ChannelCount).where(
+        ChannelCount.period_start <= end, ChannelCount.period_end >= start))).all()
+    inside = [r for r in rows if start <= r.period_start and r.period_end <= end]
+    return sum(r.count for r in inside), bool(rows) and len(inside) == len(rows)
+
+
+CHANNELS = ("letter", "visit", "phone", "other")
+
+
+async def enter_channel_count(session: AsyncSession, start: date, end: date, channel: str, count: int,
+                              user_id: int, now: datetime) -> None:
+    """Record (or correct) how many petitions came through another channel in a period."""
+    if channel not in CHANNELS or count < 0:
+        raise ValueError(f"channel must be one of {', '.join(CHANNELS)} and the count not negative")
+    row = await session.get(ChannelCount, (start, channel))
+    if row is None:
+        session.add(ChannelCount(period_start=start, channel=channel, period_end=end, count=count,
+                                 recorded_by=user_id, recorded_at=now))
+    else:
+        row.period_end, row.count, row.recorded_by, row.recorded_at = end, count, user_id, now
+
+
 async def compute(session: AsyncSession, bureau: BureauConfig, *, start: date, end: date, now: datetime,
-                  unit: str | None = None, other_channels: int = 0, top: int = 10) -> Report:
+                  unit: str | None = None, other_channels: int | None = None, top: int = 10) -> Report:
     """The KPIs of the period ``start``..``end`` (both included, bureau time) as of ``now``.
 
     ``unit`` restricts every figure to one handling unit's cases and ratings.
     ``other_channels`` is the number of petitions received in the period through
-    channels this database does not record (letters, visits, calls), for 网上信访占比.
+    channels this database does not record (letters, visits, calls), for 网上信访占比;
+    None reads the counts admins entered (``channel_counts``): rows lying inside the
+    period are summed, and a row straddling its edge leaves the share unknown.
     """
     if start > end:
         raise PeriodError(f"the period starts after it ends: {start}..{end}")
     if unit is not None and bureau.unit(unit) is None:
         raise UnknownUnitError(f"unknown unit code: {unit}")
+    share_known = True
+    if other_channels is None:
+        other_channels, share_known = await entered_channel_counts(session, start, end)
     if other_channels < 0:
         raise ValueError("other_channels cannot be negative")
     begin, finish = _window(start, end)
@@ -581,7 +611,7 @@ async def compute(session: AsyncSession, bureau: BureauConfig, *, start: date, e
     all_units_satisfaction = sum((satisfaction(s) for s in unit_scores.values()), Satisfaction())
     summary = Summary(
         received=len(received), online=online, other_channels=other_channels,
-        online_share=None if unit is not None else Share(online, len(received) + other_channels),
+        online_share=None if unit is not None or not share_known else Share(online, len(received) + other_channels),
         routing=None if unit is not None else _tally(routing),
         acceptance=_tally(v for vs in acceptance.values() for v in vs),
         completion=_tally(v for vs in completion.values() for v in vs),

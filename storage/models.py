@@ -327,3 +327,17 @@ class CaseClock(Base):
     #: When the next reminder is due (None: none left); the scheduler's index.
     next_reminder_at: Mapped[datetime | None] = mapped_column(index=True)
     reminders_sent: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class ChannelCount(Base):
+    """Petitions through channels this database does not record (letters, visits,
+    calls), entered by admins per period, for 网上信访占比."""
+
+    __tablename__ = "channel_counts"
+
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)  # letter | visit | phone | other
+    period_end: Mapped[date] = mapped_column(Date)
+    count: Mapped[int] = mapped_column(Integer)
+    recorded_by: Mapped[int | None] = mapped_column(BigInteger)
+    recorded_at: Mapped[datetime]

@@ -142,3 +142,20 @@ async def test_stats_is_refused_to_staff_who_are_not_admins(app: App) -> None:
     assert answer == "只有管理员可以查看统计。"
     [answer] = await app.sim.staff(OUTSIDER, STAFF_CHAT).send("/stats")
     assert "只有登记的工作人员" in answer
+
+
+async def test_other_channels_entered_by_an_admin_give_the_online_share(app: App) -> None:
+    await march(app.sessionmaker)
+    app.clock.now = at("2026-03-31", 20)
+    admin = app.sim.staff(ADMIN, STAFF_CHAT)
+    [usage] = await admin.send("/channels")
+    assert usage.startswith("用法：/channels")
+    [entered] = await admin.send("/channels 2026-03 letter 4")
+    assert "合计：4" in entered
+    await admin.send("/channels 2026-03 visit 2")
+    [corrected] = await admin.send("/channels 2026-03 letter 3")
+    assert "合计：5" in corrected
+    [answer] = await admin.send("/stats 2026-03")
+    assert "网上信访占比" in answer
+    [refused] = await app.sim.staff(OUTSIDER, STAFF_CHAT).send("/channels 2026-03 letter 1")
+    assert "只有登记的工作人员" in refused

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.callbacks import StaffAction
 from bot.middlewares import Responder
 from bot.render import staff_keyboard
-from bot.report import stats_reply
+from bot.report import channels_reply, stats_reply
 from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.cards import CardRenderer
@@ -162,6 +162,22 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
             responder.say("kpi.refused_not_admin")
             return
         responder.send(await stats_reply(session, bureau, command.args or "", now, responder.locale))
+
+    @router.message(Command("channels"))
+    async def on_channels(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
+                          staff_service: StaffService, now: datetime) -> None:
+        if _anonymous(message):
+            responder.say("staff.refused.anonymous")
+            return
+        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
+                                  responder, "/channels")
+        if member is None:
+            return
+        if not staff_service.is_admin(member):
+            log.warning("denied /channels to non-admin %s", member.user_id)
+            responder.say("kpi.refused_not_admin")
+            return
+        responder.send(await channels_reply(session, command.args or "", member.user_id, now, responder.locale))
 
     @router.message(Command("cancel"))
     async def on_cancel(message: Message, session: AsyncSession, responder: Responder,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 04:29:21.794324
+Create Date: 2026-11-27 04:31:31.069270
 """
 from __future__ import annotations
 
@@ -91,6 +91,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_cases_submitted_at'), ['submitted_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_unit_code'), ['unit_code'], unique=False)
 
+    op.create_table('channel_counts',
+    sa.Column('period_start', sa.Date(), nullable=False),
+    sa.Column('channel', sa.String(length=16), nullable=False),
+    sa.Column('period_end', sa.Date(), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.Column('recorded_by', sa.BigInteger(), nullable=True),
+    sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('period_start', 'channel', name=op.f('pk_channel_counts'))
+    )
     op.create_table('citizen_sessions',
     sa.Column('user_id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('chat_id', sa.BigInteger(), nullable=False),
@@ -276,6 +285,7 @@ def downgrade() -> None:
     op.drop_table('processed_updates')
     op.drop_table('lookup_failures')
     op.drop_table('citizen_sessions')
+    op.drop_table('channel_counts')
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_cases_unit_code'))
         batch_op.drop_index(batch_op.f('ix_cases_submitted_at'))
