@@ -24,7 +24,11 @@ EXIT_CONFIG = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petition-bot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve Telegram by long polling (needs PETITION_BOT_TOKEN)")
+    run = sub.add_parser("run", help="serve Telegram by long polling, or by webhook (needs PETITION_BOT_TOKEN)")
+    run.add_argument("--webhook", action="store_true",
+                     help="serve a webhook (PETITION_WEBHOOK_URL, _SECRET, _HOST, _PORT, _PATH) instead of polling")
+    run.add_argument("--no-set-webhook", action="store_true",
+                     help="with --webhook: do not register the webhook with Telegram (extra workers)")
     sub.add_parser("migrate", help="bring the database schema up to date")
     chat = sub.add_parser("chat", help="talk to the bot in this terminal (no token, no network)")
     chat.add_argument("--user-id", type=int, default=1001, help="the simulated citizen's Telegram id")
@@ -73,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("petition-bot: PETITION_BOT_TOKEN: required for `run` "
                   "(try `petition-bot chat` to use the bot without Telegram)", file=sys.stderr)
             return EXIT_CONFIG
+        if args.webhook:
+            missing = [name for name, value in (("PETITION_WEBHOOK_SECRET", settings.webhook_secret),
+                                                ("PETITION_WEBHOOK_URL", settings.webhook_url or args.no_set_webhook))
+                       if not value]
+            if missing:
+                print(f"petition-bot: {missing[0]}: required for `run --webhook`", file=sys.stderr)
+                return EXIT_CONFIG
+            from bot.webhook import run_webhook
+
+            return asyncio.run(run_webhook(settings, bureau, set_webhook=not args.no_set_webhook))
         from bot.polling import run_polling
 
         return asyncio.run(run_polling(settings, bureau))

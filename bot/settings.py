@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Seconds a getUpdates long poll waits on Telegram's side.
     polling_timeout: int = Field(default=30, ge=0, le=50)
+    #: Webhook mode (`petition-bot run --webhook`): the public base URL Telegram posts to,
+    #: the path, where this process listens, and the secret Telegram must send back.
+    webhook_url: str | None = None
+    webhook_path: str = "/telegram"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8080, ge=1, le=65535)
+    webhook_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,256}$")
+    webhook_max_connections: int = Field(default=40, ge=1, le=100)
     #: Failed status lookups allowed per account, and per tracking number, each hour.
     status_max_failures_per_user: int = Field(default=10, ge=1)
     status_max_failures_per_number: int = Field(default=5, ge=1)
