@@ -10,7 +10,7 @@ from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats, LinkPreviewOptions
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.middlewares import Clock, UpdatePipeline
+from bot.middlewares import Clock, FloodGate, UpdatePipeline
 from bot.routers.citizen import build_citizen_router
 from bot.routers.followup import build_followup_router
 from bot.routers.staff import build_staff_router
@@ -69,7 +69,8 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
         queue=QueueService(bureau, staff_locale),
         outbox_wakeup=wakeup,
     )
-    dp.update.outer_middleware(UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup))
+    flood = FloodGate(settings.flood_limit, settings.flood_window_seconds)
+    dp.update.outer_middleware(UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood))
     dp.include_router(build_followup_router())
     dp.include_router(build_citizen_router())
     chats = staff_chat_ids(settings, bureau)

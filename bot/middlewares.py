@@ -16,7 +16,10 @@ state is exactly what it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -59,6 +62,48 @@ class KeyedLocks:
             users[0] -= 1
             if users[0] == 0:
                 del self._locks[key]
+
+
+class FloodGate:
+    """At most ``limit`` updates per ``window`` seconds from one person (citizens).
+
+    Sliding windows of timestamps, kept only for people active within the
+    window: the oldest entries are dropped as time passes (amortised O(1)), so
+    100,000 one-message chats leave nothing behind.
+    """
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._seen: OrderedDict[int, deque[float]] = OrderedDict()
+        #: People already told to slow down in their current window.
+        self._told: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, key: int) -> bool | None:
+        """True: go on. False: too fast, tell them. None: too fast, already told."""
+        now = self.clock()
+        while self._seen:
+            first_key, stamps = next(iter(self._seen.items()))
+            if stamps[-1] > now - self.window:
+                break
+            del self._seen[first_key]
+            self._told.discard(first_key)
+        stamps = self._seen.pop(key, deque())
+        while stamps and stamps[0] <= now - self.window:
+            stamps.popleft()
+        self._seen[key] = stamps  # most recently active last
+        if len(stamps) >= self.limit:
+            if key in self._told:
+                return None
+            self._told.add(key)
+            return False
+        self._told.discard(key)
+        stamps.append(now)
+        return True
 
 
 class Responder:
@@ -138,11 +183,12 @@ def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, 
 
 class UpdatePipeline(BaseMiddleware):
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], clock: Clock,
-                 default_locale: str, wakeup: Wakeup | None = None) -> None:
+                 default_locale: str, wakeup: Wakeup | None = None, flood: FloodGate | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.clock = clock
         self.default_locale = default_locale
         self.wakeup = wakeup
+        self.flood = flood
         self.locks = KeyedLocks()
 
     async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
@@ -150,6 +196,16 @@ class UpdatePipeline(BaseMiddleware):
         assert isinstance(event, Update)
         bot: Bot = data["bot"]
         chat_id, user_id, chat_type, language = _chat_and_user(event)
+        if self.flood is not None and chat_type == "private" and user_id is not None:
+            admitted = self.flood.admit(user_id)
+            if not admitted:
+                # Dropped, not processed: the citizen is told (once a window) to slow down.
+                log.info("flood control: update %s from %s dropped", event.update_id, user_id)
+                if admitted is False and chat_id is not None:
+                    locale = normalize_locale(language) if language else self.default_locale
+                    with contextlib.suppress(TelegramAPIError):
+                        await bot.send_message(chat_id, t(locale, "flood", seconds=int(self.flood.window)))
+                return None
         key = chat_id if chat_id is not None else 0
         async with self.locks.hold(key):
             responder = Responder(chat_id, self.default_locale)
@@ -192,13 +248,17 @@ class UpdatePipeline(BaseMiddleware):
                 if citizen is None:
                     locale = normalize_locale(language) if language else self.default_locale
                     citizen = CitizenSession(user_id=user_id, chat_id=chat_id, locale=locale,
-                                             state=None, data={}, awaiting=None, extra={},
+                                             state=None, data={}, awaiting=None, extra={}, banned=False,
                                              updated_at=now)
                     session.add(citizen)
                 else:
                     citizen.updated_at = now
                 data["citizen"] = citizen
                 responder.locale = citizen.locale
+                if citizen.banned:
+                    log.info("update %s from banned user %s ignored", event.update_id, user_id)
+                    responder.say("banned")
+                    return None
             return await handler(event, data)
 
     async def _apologise(self, bot: Bot, chat_id: int | None, chat_type: str | None, locale: str) -> None:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     webhook_port: int = Field(default=8080, ge=1, le=65535)
     webhook_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,256}$")
     webhook_max_connections: int = Field(default=40, ge=1, le=100)
+    #: Flood control: at most this many messages and presses per person in the window
+    #: (a person filing quickly sends one every few seconds; scripts send far more).
+    flood_limit: int = Field(default=120, ge=1)
+    flood_window_seconds: int = Field(default=60, ge=1)
     #: Failed status lookups allowed per account, and per tracking number, each hour.
     status_max_failures_per_user: int = Field(default=10, ge=1)
     status_max_failures_per_number: int = Field(default=5, ge=1)

@@ -3,6 +3,7 @@ behind a message in a staff chat."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,7 +19,9 @@ from dialogs.tracking import parse_tracking_number
 from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import enqueue
 from state_machine.case import TERMINAL
-from storage.models import Case, Staff, StaffMessage
+from storage.models import Case, CitizenSession, Staff, StaffMessage
+
+log = logging.getLogger(__name__)
 
 PAGE = 10
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
@@ -108,3 +111,19 @@ class QueueService:
         else:
             member.active, member.unit_code = True, unit
         return str(t(self.locale, "staff.manage.added", user=user_id, unit=unit or "—"))
+
+    async def ban(self, session: AsyncSession, args: str, admin_id: int, now: datetime, *, banned: bool) -> str:
+        """``/ban <user id> [reason]`` and ``/unban <user id>``: the person's updates are no longer processed."""
+        words = args.split(maxsplit=1)
+        if not words or not words[0].isdigit():
+            return str(t(self.locale, "staff.ban.usage"))
+        user_id = int(words[0])
+        row = await session.get(CitizenSession, user_id)
+        if row is None:
+            row = CitizenSession(user_id=user_id, chat_id=user_id, locale=self.locale, state=None, data={},
+                                 awaiting=None, extra={}, banned=banned, updated_at=now)
+            session.add(row)
+        row.banned = banned
+        log.warning("user %s %s by admin %s%s", user_id, "banned" if banned else "unbanned", admin_id,
+                    f": {words[1]}" if banned and len(words) > 1 else "")
+        return str(t(self.locale, "staff.ban.done" if banned else "staff.ban.undone", user=user_id))

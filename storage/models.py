@@ -79,6 +79,8 @@ class CitizenSession(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: A free-form follow-up the citizen was asked for (e.g. the status query code).
     awaiting: Mapped[str | None] = mapped_column(String(64))
+    #: Barred by an admin (/ban): updates are answered with one line and not processed.
+    banned: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Follow-up context outside a filing: a message waiting for its case, cases
     #: this chat may open after a successful lookup.
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)

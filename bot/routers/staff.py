@@ -179,6 +179,23 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
             return
         responder.send(await channels_reply(session, command.args or "", member.user_id, now, responder.locale))
 
+    @router.message(Command("ban", "unban"))
+    async def on_ban(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
+                     staff_service: StaffService, queue: QueueService, now: datetime) -> None:
+        if _anonymous(message):
+            responder.say("staff.refused.anonymous")
+            return
+        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
+                                  responder, "/" + command.command)
+        if member is None:
+            return
+        if not staff_service.is_admin(member):
+            log.warning("denied /%s to non-admin %s", command.command, member.user_id)
+            responder.say("staff.refused.not_admin")
+            return
+        responder.send(await queue.ban(session, command.args or "", member.user_id, now,
+                                       banned=command.command == "ban"))
+
     @router.message(Command("cancel"))
     async def on_cancel(message: Message, session: AsyncSession, responder: Responder,
                         staff_service: StaffService) -> None:

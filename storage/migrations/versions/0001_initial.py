@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 04:31:31.069270
+Create Date: 2026-11-27 04:33:59.055278
 """
 from __future__ import annotations
 
@@ -107,6 +107,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=32), nullable=True),
     sa.Column('data', sa.JSON(), nullable=False),
     sa.Column('awaiting', sa.String(length=64), nullable=True),
+    sa.Column('banned', sa.Boolean(), nullable=False),
     sa.Column('extra', sa.JSON(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('user_id', name=op.f('pk_citizen_sessions'))

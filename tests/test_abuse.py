@@ -1,0 +1,68 @@
+"""Flood control and the admins' ban list."""
+
+from __future__ import annotations
+
+from bot.middlewares import FloodGate
+from tests.conftest import STAFF_CHAT, App, make_app
+from tests.test_handoff_e2e import ADMIN, CLERK
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_flood_gate_admits_the_limit_then_tells_once_then_drops() -> None:
+    clock = Clock()
+    gate = FloodGate(limit=3, window=10, clock=clock)
+    assert [gate.admit(1) for _ in range(3)] == [True, True, True]
+    assert gate.admit(1) is False
+    assert gate.admit(1) is None
+    assert gate.admit(2) is True  # another person is not affected
+    clock.now = 10.5
+    assert gate.admit(1) is True
+
+
+def test_the_flood_gate_keeps_nothing_for_people_gone_quiet() -> None:
+    clock = Clock()
+    gate = FloodGate(limit=5, window=60, clock=clock)
+    for user in range(100_000):
+        gate.admit(user)
+    clock.now = 61
+    gate.admit(0)
+    assert len(gate) == 1
+
+
+async def test_a_flooding_citizen_is_told_once_and_the_rest_is_dropped(settings, sessionmaker, bureau,  # type: ignore[no-untyped-def]
+                                                                      clock) -> None:
+    app = make_app(settings.model_copy(update={"flood_limit": 3}), sessionmaker, bureau, clock)
+    citizen = app.sim.citizen()
+    for text in ("/start", "/help", "/help"):
+        await citizen.send(text)
+    [warning] = await citizen.send("/help")
+    assert "太快" in warning
+    assert await citizen.send("/help") == []
+
+
+async def test_an_admin_bans_and_unbans_a_citizen(app: App) -> None:
+    citizen = app.sim.citizen(4321)
+    await citizen.send("/start")
+    admin = app.sim.staff(ADMIN, STAFF_CHAT)
+    [done] = await admin.send("/ban 4321 发送辱骂内容")
+    assert "已限制用户 4321" in done
+    [answer] = await citizen.send("/new")
+    assert "限制使用本服务" in answer
+    [undone] = await admin.send("/unban 4321")
+    assert "解除" in undone
+    [answer] = await citizen.send("/new")
+    assert "隐私说明" in answer
+
+
+async def test_only_admins_ban(app: App) -> None:
+    admin = app.sim.staff(ADMIN, STAFF_CHAT)
+    await admin.send(f"/staff add {CLERK}")
+    [answer] = await app.sim.staff(CLERK, STAFF_CHAT).send("/ban 4321")
+    assert "只有管理员" in answer
