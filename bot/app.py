@@ -3,18 +3,21 @@ tests all call :func:`create_dispatcher`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.base import BaseSession
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats, LinkPreviewOptions
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.middlewares import Clock, FloodGate, UpdatePipeline
 from bot.routers.citizen import build_citizen_router
 from bot.routers.followup import build_followup_router
 from bot.routers.staff import build_staff_router
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.transport import TelegramTransport
 from dialogs.bureau import BureauConfig
 from dialogs.engine import IntakeEngine, utcnow
@@ -29,6 +32,7 @@ from handoff.pacer import Pacer
 from handoff.queue import QueueService
 from handoff.relay import RelayService
 from handoff.staff import StaffService
+from storage import crypto
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
 
 #: Updates the bot asks Telegram for (others are never delivered).
@@ -82,7 +86,9 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
 def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession],
                        clock: Clock = utcnow) -> Maintenance:
     """Expiring ratings and windows, pruning dedupe records (started by ``run`` and ``chat``)."""
-    return Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"])
+    settings: Settings = dp["settings"]
+    return Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"],
+                       retention_days=settings.retention_days)
 
 
 def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,
@@ -112,8 +118,25 @@ async def set_commands(bot: Bot, default_locale: str) -> None:
             await bot.set_my_commands(commands, scope=scope)
 
 
+def configure_encryption(settings: Settings) -> None:
+    """The personal-data keys; only the embedded SQLite default may generate its own."""
+    if not settings.data_keys and not is_sqlite(settings.database_url):
+        raise SettingsError("PETITION_DATA_KEYS: required with PostgreSQL (generate one with "
+                            "`petition-bot new-key`)")
+    key_file = settings.data_key_file
+    if key_file is None:
+        database = make_url(settings.database_url).database or "petitions.db"
+        key_file = Path(database if database != ":memory:" else "petitions.db").with_name(
+            Path(database).name + ".key")
+    try:
+        crypto.configure(crypto.keys_from(settings.data_keys, key_file))
+    except crypto.DataKeyError as exc:
+        raise SettingsError(f"PETITION_DATA_KEYS: {exc}") from None
+
+
 async def open_database(settings: Settings) -> tuple[AsyncEngine, async_sessionmaker[AsyncSession]]:
     """Engine and sessionmaker; the embedded SQLite is migrated on start."""
+    configure_encryption(settings)
     engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     if is_sqlite(settings.database_url):
         await migrate(engine)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bot.settings import Settings, SettingsError, load_settings
 from dialogs.bureau import BureauConfigError, load_bureau_config
+from storage import crypto
 from storage.db import create_engine, migrate
 
 log = logging.getLogger("bot")
@@ -34,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user-id", type=int, default=1001, help="the simulated citizen's Telegram id")
     chat.add_argument("--language", choices=["zh", "en"], default=None,
                       help="the simulated Telegram client's language (default: PETITION_DEFAULT_LOCALE)")
+    # -- personal data --
+    sub.add_parser("new-key", help="print a new key for PETITION_DATA_KEYS")
+    sub.add_parser("rotate-keys", help="re-encrypt personal data under the first of PETITION_DATA_KEYS")
+    purge = sub.add_parser("purge", help="erase personal data of cases that ended long ago")
+    purge.add_argument("--days", type=int, default=None,
+                       help="cases that ended more than this many days ago (default: PETITION_RETENTION_DAYS)")
     # -- report (KPIs; bot/report.py) --
     report = sub.add_parser("report", help="KPIs for a period: table, CSV or XLSX (docs/KPI.md)")
     report.add_argument("--from", dest="start", required=True, metavar="DATE", help="first day, YYYY-MM-DD")
@@ -60,8 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level if args.command not in ("chat", "report") else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "new-key":
+            print(crypto.new_key())
+            return 0
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "rotate-keys":
+            return asyncio.run(_rotate(settings))
+        if args.command == "purge":
+            days = args.days if args.days is not None else settings.retention_days
+            if days <= 0:
+                print("petition-bot: PETITION_RETENTION_DAYS: set it (or --days) to a number of days", file=sys.stderr)
+                return EXIT_CONFIG
+            return asyncio.run(_purge(settings, days))
         if args.command == "chat":
             from bot.chat import run_chat
 
@@ -90,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.polling import run_polling
 
         return asyncio.run(run_polling(settings, bureau))
+    except SettingsError as exc:  # found while opening the database (e.g. the data keys)
+        print(f"petition-bot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 
@@ -101,4 +122,38 @@ async def _migrate(settings: Settings) -> int:
     finally:
         await engine.dispose()
     print("database is up to date")
+    return 0
+
+
+async def _rotate(settings: Settings) -> int:
+    from bot.app import open_database
+    from handoff.privacy import rotate_keys
+
+    engine, sessionmaker = await open_database(settings)
+    try:
+        count = await rotate_keys(sessionmaker)
+    finally:
+        await engine.dispose()
+    print(f"re-encrypted {count} rows under the first key; older keys can now be removed")
+    return 0
+
+
+async def _purge(settings: Settings, days: int) -> int:
+    from datetime import UTC, datetime
+
+    from bot.app import open_database
+    from handoff.privacy import purge
+
+    engine, sessionmaker = await open_database(settings)
+    total = 0
+    try:
+        while True:
+            async with sessionmaker() as session, session.begin():
+                erased = await purge(session, datetime.now(UTC), days)
+            total += erased
+            if erased == 0:
+                break
+    finally:
+        await engine.dispose()
+    print(f"personal data erased from {total} cases that ended more than {days} days ago")
     return 0

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     webhook_port: int = Field(default=8080, ge=1, le=65535)
     webhook_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,256}$")
     webhook_max_connections: int = Field(default=40, ge=1, le=100)
+    #: Fernet keys for personal data at rest, newest first (comma-separated). Without
+    #: any, the embedded SQLite default generates one into ``data_key_file``.
+    data_keys: str | None = None
+    #: Default: next to the SQLite database file (``petitions.db`` → ``petitions.db.key``).
+    data_key_file: Path | None = None
+    #: Erase the personal data of cases closed this many days ago (0: never; the
+    #: `purge` command does it, and the background tick does it daily when set).
+    retention_days: int = Field(default=0, ge=0)
     #: Flood control: at most this many messages and presses per person in the window
     #: (a person filing quickly sends one every few seconds; scripts send far more).
     flood_limit: int = Field(default=120, ge=1)

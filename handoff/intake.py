@@ -24,6 +24,7 @@ from dialogs.tracking import hash_query_code, new_query_code, new_tracking_numbe
 from handoff.clocks import Clocks
 from handoff.outbox import PRIORITY_URGENT, enqueue
 from handoff.relay import TERMINAL_VALUES, RelayService
+from storage.crypto import lookup_hash
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository
 
@@ -134,6 +135,7 @@ class IntakeService:
             occurred=a.get("occurred") or None, accused=a.get("accused") or None,
             litigation=a["litigation"], name=a["name"], phone=a["phone"],
             id_number=a.get("id_number") or None, address=a["address"],
+            phone_hash=lookup_hash(a["phone"]), id_hash=lookup_hash(a.get("id_number")),
             publish=a.get("publish") == "yes", emergency=sub.emergency,
             consent_at=datetime.fromisoformat(sub.consent_at), submitted_at=now,
             attachment_count=len(sub.attachments), suggested_unit=self._suggested_unit(a["location"]),

@@ -19,6 +19,7 @@ from dialogs.i18n import t
 from handoff.clocks import Clocks
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
+from handoff.privacy import purge
 from state_machine.case import Action, next_status
 from storage.models import Case, CaseEvent, Rating
 from storage.repositories import forget_updates_before
@@ -37,6 +38,9 @@ class Maintenance:
     wakeup: Wakeup | None = None
     interval: float = 60.0
     clocks: Clocks | None = None
+    #: Erase personal data of cases ended this many days ago (0: never), once a day.
+    retention_days: int = 0
+    _last_purge: datetime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -56,6 +60,9 @@ class Maintenance:
                 if self.clocks is not None:
                     await self.clocks.remind_due(session, now)
                 await forget_updates_before(session, now - DEDUPE_KEEP)
+                if self.retention_days and (self._last_purge is None or now - self._last_purge >= timedelta(days=1)):
+                    await purge(session, now, self.retention_days)
+                    self._last_purge = now
             if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
                 self.wakeup.set()
         if expired or closed:

@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from storage.crypto import EncryptedJSON, EncryptedText
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -76,14 +78,15 @@ class CitizenSession(Base):
     locale: Mapped[str] = mapped_column(String(8))
     #: Intake state, or None when no filing is in progress.
     state: Mapped[str | None] = mapped_column(String(32))
-    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The filing in progress (answers include phone and ID numbers): encrypted.
+    data: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)
     #: A free-form follow-up the citizen was asked for (e.g. the status query code).
     awaiting: Mapped[str | None] = mapped_column(String(64))
     #: Barred by an admin (/ban): updates are answered with one line and not processed.
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Follow-up context outside a filing: a message waiting for its case, cases
     #: this chat may open after a successful lookup.
-    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    extra: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)
     updated_at: Mapped[datetime]
 
 
@@ -111,8 +114,13 @@ class Case(Base):
     accused: Mapped[str | None] = mapped_column(Text)
     litigation: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(Text)
-    phone: Mapped[str] = mapped_column(String(32))
-    id_number: Mapped[str | None] = mapped_column(String(32))
+    #: Encrypted at rest; ``*_hash`` are keyed hashes for finding the same petitioner.
+    phone: Mapped[str] = mapped_column(EncryptedText)
+    id_number: Mapped[str | None] = mapped_column(EncryptedText)
+    phone_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    id_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: When retention erased the personal data (statistics keep working).
+    anonymised_at: Mapped[datetime | None]
     address: Mapped[str] = mapped_column(Text)
     publish: Mapped[bool] = mapped_column(Boolean, default=False)
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -12,6 +12,7 @@ from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.crypto import lookup_hash
 from storage.models import Attachment, Case, CaseEvent, CitizenSession, ProcessedUpdate
 
 #: Statuses after which a case is no longer open: the lifecycle's terminal states
@@ -69,8 +70,9 @@ class CaseRepository:
 
     @staticmethod
     def _same_person(user_id: int, phone: str, id_number: str | None) -> Any:
-        return or_(Case.citizen_user_id == user_id, Case.phone == phone,
-                   *([Case.id_number == id_number] if id_number else []))
+        """The same petitioner: the same account, phone or ID number (compared by keyed hash)."""
+        return or_(Case.citizen_user_id == user_id, Case.phone_hash == lookup_hash(phone),
+                   *([Case.id_hash == lookup_hash(id_number)] if id_number else []))
 
     async def has_filed_before(self, user_id: int, phone: str, id_number: str | None) -> bool:
         return bool(await self.session.scalar(select(exists().where(self._same_person(user_id, phone, id_number)))))

@@ -22,9 +22,14 @@ from dialogs.bureau import BureauConfig, load_bureau_config
 from handoff.maintenance import Maintenance
 from handoff.outbox import OutboxWorker
 from handoff.pacer import Pacer
+from storage import crypto
 from storage.db import create_engine, create_sessionmaker, migrate
 
 PG_URL = os.environ.get("PETITION_TEST_DATABASE_URL")
+TEST_DATA_KEY = "Vq7yqV3m4dW2m2sQ0mJ7gYfZr1X9kLpA8cN5bT6uE0w="
+crypto.configure([TEST_DATA_KEY])
+# Bot processes started by tests read and write the same databases as the tests.
+os.environ.setdefault("PETITION_DATA_KEYS", TEST_DATA_KEY)
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
 TOKEN = "123456:TEST-token-for-the-fake-bot-api-0000"
 STAFF_CHAT = -1001234567890

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from storage.crypto import EncryptedJSON, EncryptedText
 from storage.models import Base, UTCDateTime
 
 config = context.config
@@ -19,6 +20,8 @@ def _render_item(kind: str, obj: Any, autogen_context: Any) -> str | Literal[Fal
     """Write our column types as plain SQLAlchemy types in new revisions."""
     if kind == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if kind == "type" and isinstance(obj, EncryptedText | EncryptedJSON):
+        return "sa.Text()"  # encrypted text: the column itself is plain text
     return False
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 04:33:59.055278
+Create Date: 2026-11-27 04:37:44.211997
 """
 from __future__ import annotations
 
@@ -40,8 +40,11 @@ def upgrade() -> None:
     sa.Column('accused', sa.Text(), nullable=True),
     sa.Column('litigation', sa.String(length=16), nullable=False),
     sa.Column('name', sa.Text(), nullable=False),
-    sa.Column('phone', sa.String(length=32), nullable=False),
-    sa.Column('id_number', sa.String(length=32), nullable=True),
+    sa.Column('phone', sa.Text(), nullable=False),
+    sa.Column('id_number', sa.Text(), nullable=True),
+    sa.Column('phone_hash', sa.String(length=64), nullable=True),
+    sa.Column('id_hash', sa.String(length=64), nullable=True),
+    sa.Column('anonymised_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('address', sa.Text(), nullable=False),
     sa.Column('publish', sa.Boolean(), nullable=False),
     sa.Column('emergency', sa.Boolean(), nullable=False),
@@ -86,7 +89,9 @@ def upgrade() -> None:
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_cases_assignee_id'), ['assignee_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_citizen_user_id'), ['citizen_user_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_id_hash'), ['id_hash'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_next_due_on'), ['next_due_on'], unique=False)
+        batch_op.create_index(batch_op.f('ix_cases_phone_hash'), ['phone_hash'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_submitted_at'), ['submitted_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_unit_code'), ['unit_code'], unique=False)
@@ -105,10 +110,10 @@ def upgrade() -> None:
     sa.Column('chat_id', sa.BigInteger(), nullable=False),
     sa.Column('locale', sa.String(length=8), nullable=False),
     sa.Column('state', sa.String(length=32), nullable=True),
-    sa.Column('data', sa.JSON(), nullable=False),
+    sa.Column('data', sa.Text(), nullable=False),
     sa.Column('awaiting', sa.String(length=64), nullable=True),
     sa.Column('banned', sa.Boolean(), nullable=False),
-    sa.Column('extra', sa.JSON(), nullable=False),
+    sa.Column('extra', sa.Text(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('user_id', name=op.f('pk_citizen_sessions'))
     )
@@ -291,7 +296,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_cases_unit_code'))
         batch_op.drop_index(batch_op.f('ix_cases_submitted_at'))
         batch_op.drop_index(batch_op.f('ix_cases_status'))
+        batch_op.drop_index(batch_op.f('ix_cases_phone_hash'))
         batch_op.drop_index(batch_op.f('ix_cases_next_due_on'))
+        batch_op.drop_index(batch_op.f('ix_cases_id_hash'))
         batch_op.drop_index(batch_op.f('ix_cases_citizen_user_id'))
         batch_op.drop_index(batch_op.f('ix_cases_assignee_id'))
 

@@ -1,0 +1,96 @@
+"""Personal data at rest: encrypted, found by keyed hash, keys rotated, erased after retention."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, text
+
+from handoff.privacy import purge, rotate_keys
+from storage import crypto
+from storage.models import Attachment, Case, CaseEvent
+from tests.conftest import TEST_DATA_KEY, App
+from tests.flows import VALID_ID, file_petition, to_title
+from tests.test_handoff_e2e import ADMIN, _act
+
+
+async def test_phone_id_and_the_filing_in_progress_are_not_stored_in_clear(app: App) -> None:
+    citizen = app.sim.citizen()
+    await file_petition(citizen)
+    await to_title(citizen)
+    await citizen.send("第二件的标题 13987654321")
+    async with app.sessionmaker() as session:
+        raw = (await session.execute(text("SELECT phone, id_number, phone_hash FROM cases"))).one()
+        drafts = (await session.execute(text("SELECT data FROM citizen_sessions"))).scalars().all()
+    assert raw.phone.startswith("enc1:") and "13912345678" not in raw.phone
+    assert raw.id_number.startswith("enc1:") and VALID_ID not in raw.id_number
+    assert raw.phone_hash and "13912345678" not in raw.phone_hash
+    assert all("13987654321" not in d and "第二件" not in d for d in drafts)
+    async with app.sessionmaker() as session:
+        case = (await session.scalars(select(Case))).one()
+    assert (case.phone, case.id_number) == ("+8613912345678", VALID_ID)
+
+
+async def test_keys_rotate_without_losing_anything(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    newer = crypto.new_key()
+    try:
+        crypto.configure([newer, TEST_DATA_KEY])
+        assert await rotate_keys(app.sessionmaker) >= 2
+        crypto.configure([newer])  # the old key is gone: everything still reads
+        async with app.sessionmaker() as session:
+            case = (await session.scalars(select(Case))).one()
+        # the hashes follow the newest key, so the same petitioner is still recognised
+        assert case.phone == "+8613912345678" and case.phone_hash == crypto.lookup_hash("+8613912345678")
+    finally:
+        crypto.configure([TEST_DATA_KEY])
+
+
+async def test_retention_erases_personal_data_of_ended_cases_and_keeps_statistics(app: App) -> None:
+    await file_petition(app.sim.citizen(1))
+    await app.deliver()
+    await _act(app, ADMIN, "register")
+    await _act(app, ADMIN, "redirect", "c=litigation", text="请向法院起诉")
+    await _act(app, ADMIN, "close")
+    open_tracking, _ = await file_petition(app.sim.citizen(2))
+    app.clock.advance(days=400)
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock(), 365) == 1
+    async with app.sessionmaker() as session:
+        closed, still_open = (await session.scalars(select(Case).order_by(Case.id))).all()
+        events = list(await session.scalars(select(CaseEvent.action).where(CaseEvent.case_id == closed.id)))
+        attachments = (await session.scalars(select(Attachment))).all()
+    assert (closed.name, closed.phone, closed.id_number, closed.address) == ("—", "—", None, "—")
+    assert closed.anonymised_at is not None and "anonymised" in events
+    assert (closed.status, closed.category, closed.location) == ("closed", "02", "441900121")
+    assert still_open.name == "张三" and still_open.tracking_number == open_tracking
+    assert attachments == []
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock() + timedelta(days=1), 365) == 0
+
+
+def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PETITION_")}
+    return subprocess.run([sys.executable, "-m", "bot", *args], env={**base, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_postgresql_without_a_data_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = _cli("purge", "--days", "30",
+                  env={"PETITION_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/test"}, cwd=tmp_path)
+    assert result.returncode == 2 and "PETITION_DATA_KEYS" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_embedded_default_generates_a_key_file_next_to_the_database(tmp_path: Path) -> None:
+    result = _cli("purge", "--days", "30", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    key = (tmp_path / "petitions.db.key").read_text().strip()
+    crypto.Fernet(key.encode())  # a real key
+    assert "generated a data key" in result.stderr
+    new = _cli("new-key", env={}, cwd=tmp_path)
+    crypto.Fernet(new.stdout.strip().encode())
