@@ -7,7 +7,9 @@ from pathlib import Path
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.session.base import BaseSession
+from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats, LinkPreviewOptions
 from sqlalchemy.engine import make_url
@@ -43,6 +45,14 @@ COMMANDS = ("start", "new", "status", "mycases", "help", "cancel", "back", "lang
 def create_bot(token: str, session: BaseSession | None = None) -> Bot:
     return Bot(token, session=session, default=DefaultBotProperties(
         parse_mode=ParseMode.HTML, link_preview=LinkPreviewOptions(is_disabled=True)))
+
+
+def telegram_bot(settings: Settings) -> Bot:
+    """The bot for ``run``: Telegram, or the self-hosted Bot API server of PETITION_TELEGRAM_API_URL."""
+    assert settings.bot_token
+    session = (AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+               if settings.telegram_api_url else None)
+    return create_bot(settings.bot_token, session=session)
 
 
 def staff_chat_ids(settings: Settings, bureau: BureauConfig) -> set[int]:

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from aiogram import Bot, Dispatcher
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramConflictError,
     TelegramNetworkError,
@@ -33,12 +31,12 @@ from aiogram.types import Update
 
 from bot.app import (
     ALLOWED_UPDATES,
-    create_bot,
     create_dispatcher,
     create_maintenance,
     create_outbox_worker,
     open_database,
     set_commands,
+    telegram_bot,
 )
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
@@ -146,9 +144,7 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
     assert settings.bot_token
     engine, sessionmaker = await open_database(settings)
-    session = (AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-               if settings.telegram_api_url else None)
-    bot = create_bot(settings.bot_token, session=session)
+    bot = telegram_bot(settings)
     dp = create_dispatcher(settings, sessionmaker, bureau)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,20 +20,18 @@ import logging
 import signal
 from datetime import datetime
 
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramUnauthorizedError
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.app import (
     ALLOWED_UPDATES,
-    create_bot,
     create_dispatcher,
     create_maintenance,
     create_outbox_worker,
     open_database,
     set_commands,
+    telegram_bot,
 )
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
@@ -45,9 +43,7 @@ log = logging.getLogger(__name__)
 async def run_webhook(settings: Settings, bureau: BureauConfig, *, set_webhook: bool = True) -> int:
     assert settings.bot_token and settings.webhook_secret
     engine, sessionmaker = await open_database(settings)
-    session = (AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-               if settings.telegram_api_url else None)
-    bot = create_bot(settings.bot_token, session=session)
+    bot = telegram_bot(settings)
     dp = create_dispatcher(settings, sessionmaker, bureau)
     app = web.Application()
     SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=settings.webhook_secret,

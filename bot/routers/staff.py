@@ -88,6 +88,21 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
                 responder.send(text)
         return member
 
+    async def commander(message: Message, command: CommandObject, session: AsyncSession,
+                        staff_service: StaffService, responder: Responder, *, admin: bool = False,
+                        refusal: str = "staff.refused.not_admin") -> Staff | None:
+        """The staff member (or admin) giving a command; everyone else gets one line, logged."""
+        if _anonymous(message):
+            responder.say("staff.refused.anonymous")
+            return None
+        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
+                                  responder, "/" + command.command)
+        if member is not None and admin and not staff_service.is_admin(member):
+            log.warning("denied /%s to non-admin %s", command.command, member.user_id)
+            responder.say(refusal)
+            return None
+        return member
+
     @router.callback_query(StaffAction.filter())
     async def on_button(query: CallbackQuery, callback_data: StaffAction, session: AsyncSession,
                         responder: Responder, staff_service: StaffService, now: datetime) -> None:
@@ -108,11 +123,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
     @router.message(Command("queue", "mine"))
     async def on_queue(message: Message, command: CommandObject, session: AsyncSession,
                        responder: Responder, staff_service: StaffService, queue: QueueService) -> None:
-        if _anonymous(message):
-            responder.say("staff.refused.anonymous")
-            return
-        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
-                                  responder, "/" + command.command)
+        member = await commander(message, command, session, staff_service, responder)
         if member is None:
             return
         page = int(command.args) - 1 if command.args and command.args.strip().isdigit() else 0
@@ -122,27 +133,15 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
     @router.message(Command("case"))
     async def on_case(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
                       staff_service: StaffService, queue: QueueService, now: datetime) -> None:
-        if _anonymous(message):
-            responder.say("staff.refused.anonymous")
-            return
-        if await authorized(session, staff_service, message.from_user.id if message.from_user else None,
-                            responder, "/case") is None:
+        if await commander(message, command, session, staff_service, responder) is None:
             return
         responder.send(await queue.repost(session, command.args or "", message.chat.id, now))
 
     @router.message(Command("staff"))
     async def on_staff(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
                        staff_service: StaffService, queue: QueueService, now: datetime) -> None:
-        if _anonymous(message):
-            responder.say("staff.refused.anonymous")
-            return
-        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
-                                  responder, "/staff")
+        member = await commander(message, command, session, staff_service, responder, admin=True)
         if member is None:
-            return
-        if not staff_service.is_admin(member):
-            log.warning("denied /staff to non-admin %s", member.user_id)
-            responder.say("staff.refused.not_admin")
             return
         responder.send(await queue.manage_staff(session, command.args or "", member.user_id, now))
 
@@ -150,48 +149,26 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
     @router.message(Command("stats"))
     async def on_stats(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
                        staff_service: StaffService, bureau: BureauConfig, now: datetime) -> None:
-        if _anonymous(message):
-            responder.say("staff.refused.anonymous")
-            return
-        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
-                                  responder, "/stats")
+        member = await commander(message, command, session, staff_service, responder, admin=True,
+                                 refusal="kpi.refused_not_admin")
         if member is None:
-            return
-        if not staff_service.is_admin(member):
-            log.warning("denied /stats to non-admin %s", member.user_id)
-            responder.say("kpi.refused_not_admin")
             return
         responder.send(await stats_reply(session, bureau, command.args or "", now, responder.locale))
 
     @router.message(Command("channels"))
     async def on_channels(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
                           staff_service: StaffService, now: datetime) -> None:
-        if _anonymous(message):
-            responder.say("staff.refused.anonymous")
-            return
-        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
-                                  responder, "/channels")
+        member = await commander(message, command, session, staff_service, responder, admin=True,
+                                 refusal="kpi.refused_not_admin")
         if member is None:
-            return
-        if not staff_service.is_admin(member):
-            log.warning("denied /channels to non-admin %s", member.user_id)
-            responder.say("kpi.refused_not_admin")
             return
         responder.send(await channels_reply(session, command.args or "", member.user_id, now, responder.locale))
 
     @router.message(Command("ban", "unban"))
     async def on_ban(message: Message, command: CommandObject, session: AsyncSession, responder: Responder,
                      staff_service: StaffService, queue: QueueService, now: datetime) -> None:
-        if _anonymous(message):
-            responder.say("staff.refused.anonymous")
-            return
-        member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
-                                  responder, "/" + command.command)
+        member = await commander(message, command, session, staff_service, responder, admin=True)
         if member is None:
-            return
-        if not staff_service.is_admin(member):
-            log.warning("denied /%s to non-admin %s", command.command, member.user_id)
-            responder.say("staff.refused.not_admin")
             return
         responder.send(await queue.ban(session, command.args or "", member.user_id, now,
                                        banned=command.command == "ban"))
