@@ -23,10 +23,11 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot
-from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -140,31 +141,38 @@ class Responder:
                 await self.callback.answer(self.callback_text)
             except TelegramAPIError as exc:  # a stale query must not block the replies
                 log.warning("callback answer failed: %s", exc)
+        sends: list[tuple[int, Callable[[], Awaitable[Any]]]] = []
         if self.chat_id is not None:
-            for message in self.messages:
-                await _send(bot, self.chat_id, message)
-            for kind, file_id, caption in self.files:
-                if kind == "photo":
-                    await bot.send_photo(self.chat_id, file_id, caption=caption)
-                else:
-                    await bot.send_document(self.chat_id, file_id, caption=caption)
-        for chat_id, message in self.elsewhere:
+            chat = self.chat_id
+            sends += [(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup)) for m in self.messages]
+            sends += [(chat, partial(bot.send_photo if kind == "photo" else bot.send_document, chat, file_id,
+                                     caption=caption)) for kind, file_id, caption in self.files]
+        sends += [(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup))
+                  for chat, m in self.elsewhere]
+        for chat, send in sends:
             try:
-                await _send(bot, chat_id, message)
-            except TelegramAPIError as exc:  # e.g. a staff member who never opened the bot
-                log.warning("could not write to chat %s: %s", chat_id, exc)
+                await _send(send)
+            except (TimeoutError, TelegramAPIError) as exc:
+                # The update's effects are committed: one lost reply must not stop the others.
+                log.warning("could not write to chat %s: %s", chat, exc)
 
 
-async def _send(bot: Bot, chat_id: int, message: OutMessage, attempts: int = 3) -> None:
-    """Send one reply; wait out a flood limit exactly as Telegram asks."""
+async def _send(send: Callable[[], Awaitable[Any]], attempts: int = 4) -> None:
+    """Send one reply: wait out a flood limit exactly as Telegram asks; retry
+    timeouts, network and server errors with a short back-off."""
     for attempt in range(attempts):
+        last = attempt == attempts - 1
         try:
-            await bot.send_message(chat_id, message.text, reply_markup=message.markup)
+            await send()
             return
         except TelegramRetryAfter as exc:
-            if attempt == attempts - 1:
+            if last:
                 raise
             await asyncio.sleep(exc.retry_after)
+        except (TimeoutError, TelegramNetworkError, TelegramServerError):
+            if last:
+                raise
+            await asyncio.sleep(0.5 * 2 ** attempt)
 
 
 def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:

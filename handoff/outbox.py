@@ -203,6 +203,9 @@ class OutboxWorker:
                     continue
                 seen.add(row.chat_id)  # later rows of this chat wait for this one
                 if row.lease_until is not None and row.lease_until > now:
+                    # In flight here, or leased by a process that died: look again when the lease ends.
+                    left = (row.lease_until - now).total_seconds()
+                    wait = left if wait is None else min(wait, left)
                     continue
                 if row.next_attempt_at > now:
                     due = (row.next_attempt_at - now).total_seconds()

@@ -4,6 +4,12 @@ would to Telegram. Tests queue updates and read what the bot sent.
 
 getUpdates follows Telegram's rules: updates with ids below ``offset`` are
 confirmed and forgotten; the call waits up to ``timeout`` seconds for news.
+
+Faults, all off by default (tests/test_faults.py): ``conflict`` answers getUpdates
+with 409 as Telegram does when a second process polls the same token;
+``fail_chats`` answers sendMessage to those chats with 500 and ``stall_chats``
+never answers it (both recorded in ``refused``, not in ``sent``); ``send_delay``
+slows every sendMessage down.
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ class FakeBotAPI:
     _message_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     port: int = 0
+    # -- faults (off unless a test turns them on) --
+    conflict: bool = False
+    fail_chats: set[int] = field(default_factory=set)
+    stall_chats: set[int] = field(default_factory=set)
+    send_delay: float = 0.0
+    #: sendMessage calls answered with 500 or left hanging: ("fail" | "stall", chat id, text).
+    refused: list[tuple[str, int, str]] = field(default_factory=list)
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- test side ---------------------------------------------------------------------
 
@@ -68,6 +82,7 @@ class FakeBotAPI:
         return f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        self._release.set()  # let stalled requests end so the server can shut down
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -94,6 +109,13 @@ class FakeBotAPI:
         self._news.set()
         return update_id
 
+    def push(self, update: dict[str, Any]) -> int:
+        """Any update (without ``update_id``): e.g. a staff member's button press in a group."""
+        update_id = next(self._update_ids)
+        self.pending.append({"update_id": update_id, **update})
+        self._news.set()
+        return update_id
+
     def to_chat(self, chat_id: int) -> list[Sent]:
         return [s for s in self.sent if s.method == "sendMessage" and s.chat_id == chat_id]
 
@@ -115,6 +137,20 @@ class FakeBotAPI:
         method = request.match_info["method"]
         params = dict(await request.post())
         self.calls.append(method)
+        if method == "getUpdates" and self.conflict:
+            return web.json_response({"ok": False, "error_code": 409, "description":
+                                      "Conflict: terminated by other getUpdates request; "
+                                      "make sure that only one bot instance is running"}, status=409)
+        if method == "sendMessage" and int(params.get("chat_id", 0)) in self.fail_chats:
+            self.refused.append(("fail", int(params["chat_id"]), str(params.get("text", ""))))
+            return web.json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"},
+                                     status=500)
+        if method == "sendMessage" and int(params.get("chat_id", 0)) in self.stall_chats:
+            self.refused.append(("stall", int(params["chat_id"]), str(params.get("text", ""))))
+            await self._release.wait()
+            return web.json_response({"ok": False, "error_code": 502, "description": "Bad Gateway"}, status=502)
+        if method == "sendMessage" and self.send_delay:
+            await asyncio.sleep(self.send_delay)
         handler = getattr(self, f"_m_{method}", None)
         result = await handler(params) if handler else True
         return web.json_response({"ok": True, "result": result})

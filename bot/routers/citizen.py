@@ -142,6 +142,9 @@ def build_citizen_router() -> Router:
                          intake: IntakeService, relay: RelayService,
                          bureau: BureauConfig, session: AsyncSession, now: datetime) -> None:
         if intake.in_progress(citizen):
+            if message.forward_origin is not None:
+                # Someone else's words: taken as the answer, but the citizen is told so.
+                responder.say("forwarded_note")
             responder.reply(*await intake.handle(session, citizen, message_input(message), now))
             return
         content = relay_content(message)

@@ -93,6 +93,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
                         refusal: str = "staff.refused.not_admin") -> Staff | None:
         """The staff member (or admin) giving a command; everyone else gets one line, logged."""
         if _anonymous(message):
+            log.warning("denied /%s to an anonymous admin in chat %s", command.command, message.chat.id)
             responder.say("staff.refused.anonymous")
             return None
         member = await authorized(session, staff_service, message.from_user.id if message.from_user else None,
@@ -191,6 +192,7 @@ def build_staff_router(chat_ids: Collection[int]) -> Router:
         if prompt is None and not to_bot:
             return  # ordinary conversation among staff
         if _anonymous(message):
+            log.warning("denied a message to an anonymous admin in chat %s", message.chat.id)
             responder.say("staff.refused.anonymous")
             return
         member = await authorized(session, staff_service, user.id if user else None, responder, "message")
