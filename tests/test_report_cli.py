@@ -14,7 +14,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import STAFF_CHAT, App
+from tests.conftest import STAFF_CHAT, TEST_DATA_KEY, App
 from tests.test_kpi import DONGCHENG, HUMEN, at, routed, store
 
 ADMIN = 9001
@@ -33,7 +33,7 @@ class Result:
 async def run_report(database_url: str, cwd: Path, *args: str) -> Result:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "report", *args, cwd=cwd,
-        env={**FIXED_ENV, "PETITION_DATABASE_URL": database_url},
+        env={**FIXED_ENV, "PETITION_DATABASE_URL": database_url, "PETITION_DATA_KEYS": TEST_DATA_KEY},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode is not None
