@@ -90,6 +90,8 @@ class Clocks:
         days = int(getattr(self.bureau.time_limits, RULES[clock].limit))
         if clock == "handling":
             days += case.extension_days or 0
+        if clock == "rereview":
+            days += case.hearing_days or 0
         return days
 
     def _due(self, clock: str, case: Case, start: datetime) -> tuple[date, bool]:
@@ -128,11 +130,11 @@ class Clocks:
         for clock in running:
             if clock.clock in stops:
                 clock.stopped_at, clock.next_reminder_at = now, None
-        if event == "extend":
-            for clock in running:
-                if clock.clock == "handling" and clock.stopped_at is None:
-                    clock.due_on, clock.estimated = self._due("handling", case, clock.started_at)
-                    self._schedule(clock)
+        lengthened = {"extend": "handling", "hearing": "rereview"}.get(event)
+        for clock in running:
+            if clock.clock == lengthened and clock.stopped_at is None:
+                clock.due_on, clock.estimated = self._due(clock.clock, case, clock.started_at)
+                self._schedule(clock)
         for name in STARTS.get(event, ()):
             due_on, estimated = self._due(name, case, now)
             clock = CaseClock(case_id=case.id, clock=name, started_at=now, due_on=due_on, estimated=estimated,

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 TEXT_LIMIT = 2000
 
 #: Actions that do not change the status.
-CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER = (
-    "claim", "unassign", "give_to", "ask_info", "reply", "details", "leader")
-EXTRA_ACTIONS = (CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER)
+CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER, HEARING = (
+    "claim", "unassign", "give_to", "ask_info", "reply", "details", "leader", "hearing")
+EXTRA_ACTIONS = (CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER, HEARING)
 
 #: A choice an action needs before it can run: (parameter, values). Units and
 #: staff members are listed from the configuration and the staff table.
@@ -49,12 +49,13 @@ CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     Action.DECIDE: ("o", ("support", "explain", "reject")),
     Action.DECIDE_REVIEW: ("o", ("uphold", "change")),
     Action.DECIDE_REREVIEW: ("o", ("uphold", "change")),
+    HEARING: ("d", ("5", "10", "15", "30")),
 }
 NEEDS_UNIT = frozenset({Action.TRANSFER, Action.ASSIGN})
 NEEDS_TEXT = frozenset({
     Action.REDIRECT, Action.NOT_ACCEPT, Action.DIRECT_TO_ROUTE, Action.OBJECT, Action.EXTEND,
     Action.DECIDE, Action.DECIDE_REVIEW, Action.DECIDE_REREVIEW, Action.RETURN_FOR_REWORK,
-    Action.NOT_REACCEPT, Action.MARK_DUPLICATE, ASK_INFO, REPLY, LEADER,
+    Action.NOT_REACCEPT, Action.MARK_DUPLICATE, ASK_INFO, REPLY, LEADER, HEARING,
 })
 #: Status changes the citizen is told about with a message of their own
 #: (``notice.<action>``); the others get the generic ``notice.status``.
@@ -124,6 +125,8 @@ class StaffService:
             return [DETAILS]
         actions: list[str] = [CLAIM if case.assignee_id is None else UNASSIGN, GIVE_TO]
         actions += [a.value for a in allowed_actions(case.status, "staff")]
+        if case.status == Status.REREVIEW:
+            actions.append(HEARING)
         actions += [ASK_INFO, REPLY, LEADER, DETAILS]
         return actions
 
@@ -255,6 +258,9 @@ class StaffService:
     def _refusal(self, case: Case, action: str) -> str | None:
         status_name = t(self.locale, f"staff.status.{case.status}")
         if action in EXTRA_ACTIONS:
+            if action == HEARING and case.status != Status.REREVIEW:
+                return t(self.locale, "staff.refused.status", status=status_name,
+                         action=t(self.locale, f"staff.button.{action}"))
             if action != DETAILS and Status(case.status) in TERMINAL:
                 return t(self.locale, "staff.refused.status", status=status_name,
                          action=t(self.locale, f"staff.button.{action}"))
@@ -327,6 +333,11 @@ class StaffService:
             self._notify(session, case, "notice.reply", now, text=text or "")
         elif action == LEADER:
             case.leader = (text or "")[:100] or None
+        elif action == HEARING:
+            case.hearing_days = (case.hearing_days or 0) + int(params["d"])
+            if self.clocks is not None:
+                await self.clocks.on_event(session, case, "hearing", now)
+            self._notify(session, case, "notice.hearing", now, days=params["d"], text=text or "")
         else:
             problem = await self._transition(session, case, Action(action), params, text, now)
             if problem:

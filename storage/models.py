@@ -142,6 +142,8 @@ class Case(Base):
     redirect_channel: Mapped[str | None] = mapped_column(String(16))
     decision: Mapped[str | None] = mapped_column(String(16))
     extension_days: Mapped[int | None] = mapped_column(Integer)
+    #: Days of hearings (听证) during re-review: not counted in its 30 days (art. 36 ¶2).
+    hearing_days: Mapped[int] = mapped_column(Integer, default=0)
     duplicate_of: Mapped[str | None] = mapped_column(String(32))
     registered_at: Mapped[datetime | None]
     routed_at: Mapped[datetime | None]

@@ -9,6 +9,7 @@ The test clock starts on Monday 2026-03-02, 09:00 China time.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from aiogram.methods import EditMessageText, SendDocument, SendMessage, SendPhoto
@@ -913,3 +914,23 @@ async def test_too_long_added_information_is_answered_with_the_limit(app: App) -
     await citizen.press("➕ 补充材料")
     [answer] = await citizen.send("补充" * 1800)  # 3,600 characters: a valid Telegram message
     assert "系统暂时繁忙" not in answer  # told the limit (or the text passed on), not "try later"
+
+
+async def test_hearing_days_during_rereview_are_not_counted_in_its_30_days(app: App) -> None:
+    citizen = app.sim.citizen()
+    tracking, _ = await file_petition(citizen)
+    await _decided(app, tracking)
+    await _open_from_mycases(citizen, tracking)
+    await citizen.press("📝 申请复查")
+    await citizen.send("认定事实不清")
+    await citizen.press("📨 提交申请")
+    await _staff_does(app, tracking, "decide_review", "o=uphold", text="维持")
+    await _open_from_mycases(citizen, tracking)
+    await citizen.press("📝 申请复核")
+    await citizen.send("复查没有听取证人证言")
+    await citizen.press("📨 提交申请")
+    before = (await _case(app, tracking)).next_due_on
+    assert before == date(2026, 4, 1)
+    case = await _staff_does(app, tracking, "hearing", "d=10", text="3月10日在市信访局举行听证")
+    assert case.hearing_days == 10 and case.next_due_on == date(2026, 4, 13)  # 04-11 is a Saturday
+    assert any("不计入复核期限" in m.text for m in citizen.received)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 04:37:44.211997
+Create Date: 2026-11-27 05:12:23.090661
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def upgrade() -> None:
     sa.Column('redirect_channel', sa.String(length=16), nullable=True),
     sa.Column('decision', sa.String(length=16), nullable=True),
     sa.Column('extension_days', sa.Integer(), nullable=True),
+    sa.Column('hearing_days', sa.Integer(), nullable=False),
     sa.Column('duplicate_of', sa.String(length=32), nullable=True),
     sa.Column('registered_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('routed_at', sa.DateTime(timezone=True), nullable=True),
