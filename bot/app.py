@@ -72,7 +72,10 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     followup = FollowUpService(bureau, settings.staff_chat_id, staff_locale,
                                max_failures_per_user=settings.status_max_failures_per_user,
                                max_failures_per_number=settings.status_max_failures_per_number, clocks=clocks)
+    # aiogram's FSM is off: conversations live in our tables. Left on, its
+    # MemoryStorage keeps a record for every chat ever seen (a slow leak).
     dp = Dispatcher(
+        disable_fsm=True,
         settings=settings, bureau=bureau,
         intake=IntakeService(engine, clocks, relay, settings.staff_chat_id, staff_locale),
         followup=followup,
