@@ -31,7 +31,11 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", busy_timeout_ms
                   echo: bool = False) -> AsyncEngine:
     if not is_sqlite(url):
         return create_async_engine(url, echo=echo, pool_pre_ping=True)
-    engine = create_async_engine(url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000})
+    # One connection: SQLite has one writer anyway, and queueing for the pool is an
+    # asyncio wait, where several connections would spin in SQLite's busy handler
+    # (measured: twice the throughput, a fraction of the tail latency).
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000},
+                                 pool_size=1, max_overflow=0, pool_timeout=120)
     _sqlite_setup(engine, sqlite_synchronous, busy_timeout_ms)
     return engine
 
