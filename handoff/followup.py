@@ -10,6 +10,7 @@ the same time; failed lookups are limited per account and per number.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
@@ -80,9 +81,11 @@ class FollowUpService:
             minutes = max(1, math.ceil(blocked.total_seconds() / 60))
             return View(str(t(locale, "status.too_many", minutes=minutes))), None
         case = await session.scalar(select(Case).where(Case.tracking_number == number))
+        # scrypt takes ~15 ms and releases the GIL: off the event loop, so other
+        # citizens' updates go on meanwhile (and unknown numbers cost the same).
         if case is None:
-            burn_verify(code)
-        if case is None or not verify_query_code(code, case.query_code_hash):
+            await asyncio.to_thread(burn_verify, code)
+        if case is None or not await asyncio.to_thread(verify_query_code, code, case.query_code_hash):
             await self._count_failure(session, user_key, now)
             await self._count_failure(session, number_key, now)
             return View(str(t(locale, "status.not_found"))), None

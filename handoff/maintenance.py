@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dialogs.bureau import BureauConfig
@@ -60,6 +60,10 @@ class Maintenance:
                 if self.clocks is not None:
                     await self.clocks.remind_due(session, now)
                 await forget_updates_before(session, now - DEDUPE_KEEP)
+                if session.bind is not None and session.bind.dialect.name == "sqlite":
+                    # Keeps SQLite's planner statistics current (it has no autovacuum):
+                    # without them the same-petitioner query scans every final case.
+                    await session.execute(text("PRAGMA optimize"))
                 if self.retention_days and (self._last_purge is None or now - self._last_purge >= timedelta(days=1)):
                     await purge(session, now, self.retention_days)
                     self._last_purge = now
