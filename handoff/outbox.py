@@ -182,13 +182,14 @@ class OutboxWorker:
         now = self.clock()
         picked, wait = await self._claim(now)
         if picked:
-            await asyncio.gather(*(self._deliver(row_id) for row_id in picked))
+            await asyncio.gather(*(self._deliver(row_id, message) for row_id, message in picked))
             return 0.0
         return wait
 
-    async def _claim(self, now: datetime) -> tuple[list[int], float | None]:
-        """Lease the first due row of each chat that the pacer lets through."""
-        picked: list[int] = []
+    async def _claim(self, now: datetime) -> tuple[list[tuple[int, Outgoing | None]], float | None]:
+        """Lease the first due row of each chat that the pacer lets through, and
+        compose its message here, so the send follows the pacer's count at once."""
+        picked: list[tuple[int, Outgoing | None]] = []
         wait: float | None = None
         async with self.sessionmaker() as session, session.begin():
             stmt = (select(OutboxMessage)
@@ -217,17 +218,12 @@ class OutboxWorker:
                     continue
                 self.pacer.record(row.chat_id)
                 row.lease_until = now + LEASE
-                picked.append(row.id)
+                case = await session.get(Case, row.case_id) if row.case_id is not None else None
+                picked.append((row.id, self._compose(row, case)))
         return picked, wait
 
-    async def _deliver(self, row_id: int) -> None:
+    async def _deliver(self, row_id: int, message: Outgoing | None) -> None:
         async with self.sessionmaker() as session:
-            async with session.begin():
-                row = await session.get(OutboxMessage, row_id)
-                if row is None or row.status != "pending":
-                    return
-                case = await session.get(Case, row.case_id) if row.case_id is not None else None
-                message = self._compose(row, case)
             try:
                 ids = await self.transport.deliver(message) if message is not None else []
                 error: DeliveryError | None = None
