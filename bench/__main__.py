@@ -1,0 +1,143 @@
+"""Run the benchmarks: ``python -m bench`` (quick, under ~2 minutes) or
+``python -m bench --full`` (the sizes the targets name, about 23 minutes).
+
+Each benchmark runs in a fresh process (:mod:`bench.task`); results are kept
+as JSON in ``bench/results/`` and the tables in ``docs/BENCHMARKS.md`` (between
+its ``bench:begin``/``bench:end`` markers) are rewritten from them.
+Nothing here is a test: no timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import DEFAULT_PG_URL
+from bench.report import machine_info, write_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
+    """What to run, in order. Intake and ceiling alternate so both see the same machine state."""
+    citizens = [1, 100, 1000] if full else [1, 20]
+    tasks: list[dict[str, Any]] = []
+    for n in citizens:
+        tasks.extend({"kind": "intake", "backend": b, "citizens": n} for b in backends)
+        tasks.append({"kind": "ceiling", "citizens": n})
+    if full:
+        tasks.append({"kind": "intake", "backend": "sqlite", "citizens": 100, "variant": "sqlite-pool1"})
+        if "postgresql" in backends:
+            tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
+    sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 100_000]
+    tasks.extend({"kind": "status", "backend": b, "sizes": sizes, "per_kind": 150 if full else 15,
+                  "concurrent": 300 if full else 60, "filings": 5 if full else 2} for b in backends)
+    tasks.append({"kind": "burst", "backend": "sqlite", "burst": "group", "count": 1000 if full else 40,
+                  "factor": 20.0, "citizens": 10 if full else 3})
+    tasks.append({"kind": "burst", "backend": "sqlite", "burst": "private", "count": 1000 if full else 60,
+                  "factor": 1.0, "citizens": 10 if full else 3})
+    memory_backend = "postgresql" if "postgresql" in backends else "sqlite"
+    tasks.append({"kind": "memory", "backend": memory_backend, "chats": 100_000 if full else 1_000})
+    if full:  # the same, without aiogram's FSM middleware (what the suggested fix would give)
+        tasks.append({"kind": "memory", "backend": memory_backend, "chats": 30_000, "variant": "no-fsm"})
+    return tasks
+
+
+def run_task(spec: dict[str, Any], python: str, env: dict[str, str]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
+        path = out.name
+    try:
+        proc = subprocess.run([python, "-m", "bench.task", json.dumps(spec), path], cwd=os.getcwd(), env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+            return {"spec": spec, "error": "\n".join(tail)}
+        with open(path) as f:
+            return dict(json.load(f))
+    finally:
+        os.unlink(path)
+
+
+def describe(spec: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in spec.items() if k not in ("pg_url", "shape"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="the full sizes (about 23 minutes); default: quick")
+    parser.add_argument("--quick", action="store_true", help="the quick mode (default)")
+    parser.add_argument("--only", default="", help="comma-separated: intake,ceiling,status,burst,memory")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL,
+                        help="server for PostgreSQL runs (a database is created and dropped per benchmark)")
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "BENCHMARKS.md"), help="'' to leave the doc alone")
+    args = parser.parse_args()
+    mode = "full" if args.full else "quick"
+    backends = [b for b in args.backends.split(",") if b]
+    if "postgresql" in backends and not _pg_available(args.pg_url):
+        print(f"PostgreSQL at {args.pg_url} does not answer: SQLite only", file=sys.stderr)
+        backends = [b for b in backends if b != "postgresql"]
+    only = {k for k in args.only.split(",") if k}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    info = machine_info()
+    print(f"bench ({mode}) on {info['cpus']} CPUs, {info['ram_gib']:.0f} GiB, load {info['load_start']}",
+          file=sys.stderr)
+    results: list[dict[str, Any]] = []
+    shape: list[str] | None = None
+    started = time.perf_counter()
+    for spec in plan(args.full, backends):
+        if only and spec["kind"] not in only:
+            continue
+        spec = {**spec, "pg_url": args.pg_url}
+        if spec["kind"] == "ceiling":
+            spec["shape"] = shape or ["command"] + ["text"] * 10 + ["press"] * 8 + ["confirm"]
+        t0 = time.perf_counter()
+        outcome = run_task(spec, sys.executable, env)
+        if spec["kind"] == "intake" and "result" in outcome and shape is None:
+            shape = outcome["result"]["shape"]
+        results.append(outcome)
+        status = "FAILED: " + outcome["error"].splitlines()[-1] if "error" in outcome else "ok"
+        print(f"  {describe(spec):70s} {time.perf_counter() - t0:6.1f} s  {status}", file=sys.stderr)
+    info["load_end"] = os.getloadavg()
+    info["total_seconds"] = time.perf_counter() - started
+    report = {"mode": mode, "machine": info, "results": results}
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
+    if args.doc:
+        write_doc(Path(args.doc), report)
+        print(f"wrote {args.doc}", file=sys.stderr)
+    print(f"done in {info['total_seconds']:.0f} s; results in bench/results/{mode}.json", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _pg_available(url: str) -> bool:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def ping() -> bool:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(ping())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

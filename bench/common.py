@@ -1,0 +1,314 @@
+"""Shared pieces of the benchmarks: databases, the instrumented engine, the real
+bot on a fake in-process Bot API, and statistics.
+
+Nothing here changes product behaviour: the bot is built with the product's own
+``create_engine`` / ``migrate`` / ``create_dispatcher`` / ``create_bot``; the
+benchmark only listens to SQLAlchemy events and answers Bot API calls locally.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.methods import TelegramMethod
+from aiogram.types import InlineKeyboardMarkup
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+import bot.app as app_module
+from bot.app import create_bot, create_dispatcher
+from bot.settings import Settings
+from bot.simulator import FakeTelegram
+from dialogs.bureau import BureauConfig, load_bureau_config
+from storage.db import create_engine, create_sessionmaker, migrate
+
+TOKEN = "123456:BENCH-token-for-the-fake-bot-api-00000"
+STAFF_CHAT = -1001234567890
+ADMIN_ID = 9001
+DEFAULT_PG_URL = os.environ.get("PETITION_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float]:
+    values = sorted(seconds)
+    return {
+        "n": len(values),
+        "p50_ms": percentile(values, 50) * 1000,
+        "p99_ms": percentile(values, 99) * 1000,
+        "max_ms": (values[-1] * 1000) if values else math.nan,
+        "mean_ms": (sum(values) / len(values) * 1000) if values else math.nan,
+    }
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class ErrorCounter(logging.Handler):
+    """Counts the product's error log records: an update that failed and was rolled
+    back (the citizen is asked to send again), or one that raised after its commit."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if self.first is None:
+            exc = record.exc_info[1] if record.exc_info else None
+            self.first = f"{record.getMessage()}: {type(exc).__name__}: {exc}"[:300] if exc else record.getMessage()
+
+
+ERRORS = ErrorCounter()
+for _name in ("bot", "handoff"):
+    logging.getLogger(_name).addHandler(ERRORS)
+
+
+# -- databases ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def scratch_database(backend: str, pg_url: str = DEFAULT_PG_URL) -> AsyncIterator[str]:
+    """A fresh, empty database URL for one benchmark, removed afterwards."""
+    if backend == "sqlite":
+        directory = tempfile.mkdtemp(prefix="petition-bench-", dir=os.environ.get("PETITION_BENCH_TMP"))
+        try:
+            yield f"sqlite+aiosqlite:///{directory}/bench.db"
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        return
+    name = f"petition_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@dataclass
+class DbStats:
+    """Driver round trips seen on an engine, through SQLAlchemy's events.
+
+    ``statements`` is what the brief asks for (``before_cursor_execute``: every
+    SQL statement, ``BEGIN IMMEDIATE`` included). The other counters are the
+    round trips that are not statements: COMMIT/ROLLBACK, the pool's reset on
+    return (a ROLLBACK, which on aiosqlite is one more thread hop) and
+    checkouts (on PostgreSQL each checkout runs the ``pool_pre_ping`` ping).
+    """
+
+    statements: int = 0
+    commits: int = 0
+    rollbacks: int = 0
+    resets: int = 0
+    checkouts: int = 0
+    by_verb: Counter[str] = field(default_factory=Counter)
+
+    def attach(self, engine: AsyncEngine) -> DbStats:
+        sync = engine.sync_engine
+
+        @event.listens_for(sync, "before_cursor_execute")
+        def _stmt(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+            self.statements += 1
+            self.by_verb[statement.lstrip().split(None, 1)[0].upper()] += 1
+
+        @event.listens_for(sync, "commit")
+        def _commit(conn: Any) -> None:
+            self.commits += 1
+
+        @event.listens_for(sync, "rollback")
+        def _rollback(conn: Any) -> None:
+            self.rollbacks += 1
+
+        @event.listens_for(sync.pool, "reset")
+        def _reset(dbapi_conn: Any, record: Any, reset_state: Any = None) -> None:
+            self.resets += 1
+
+        @event.listens_for(sync.pool, "checkout")
+        def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+            self.checkouts += 1
+
+        return self
+
+    def snapshot(self) -> dict[str, int]:
+        return {"statements": self.statements, "commits": self.commits, "rollbacks": self.rollbacks,
+                "resets": self.resets, "checkouts": self.checkouts}
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        now = self.snapshot()
+        return {k: now[k] - before.get(k, 0) for k in now}
+
+
+def round_trips(delta: dict[str, int], backend: str) -> int:
+    """Statements plus the other driver round trips of ``delta`` (see DbStats).
+
+    SQLite (aiosqlite: every call is a hop to the connection's thread): the
+    statements (``BEGIN IMMEDIATE`` is one), COMMIT/ROLLBACK, and the pool's
+    reset-on-return ``rollback()``. PostgreSQL (asyncpg): the statements, the
+    ``BEGIN`` the adapter sends before a transaction's first statement and its
+    COMMIT/ROLLBACK, and ``pool_pre_ping``: BEGIN, ``;``, ROLLBACK per checkout
+    (SQLAlchemy 2.1 pings inside a transaction for pgbouncer's sake). A reset
+    after COMMIT is free on asyncpg (no transaction open).
+    """
+    transactions = delta["commits"] + delta["rollbacks"]
+    if backend == "sqlite":
+        return delta["statements"] + transactions + delta["resets"]
+    return delta["statements"] + 2 * transactions + 3 * delta["checkouts"]
+
+
+# -- the fake Bot API ------------------------------------------------------------------------
+
+
+class BenchTelegram(FakeTelegram):
+    """The simulator's in-process Bot API, without its unbounded call log.
+
+    Counts calls by method; optionally remembers each chat's latest inline
+    keyboard and text (the dialog driver reads them to press buttons, as a
+    person reads the screen); optionally checks Telegram's flood limits
+    (``limits``) and answers 429 when one is exceeded.
+    """
+
+    def __init__(self, *, track_chats: bool = False, limits: Any = None,
+                 on_sent: Callable[[TelegramMethod[Any]], None] | None = None) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+        self.total = 0
+        self.track_chats = track_chats
+        self.keyboards: dict[int, InlineKeyboardMarkup] = {}
+        self.last_text: dict[int, str] = {}
+        self.limits = limits
+        self.on_sent = on_sent
+
+    async def make_request(self, bot: Bot, method: TelegramMethod[Any],
+                           timeout: int | None = None) -> Any:  # noqa: ASYNC109 - aiogram's signature
+        if self.failures:
+            raise self.failures.popleft()
+        if self.limits is not None:
+            self.limits.check(method)  # raises TelegramRetryAfter when over a limit
+        self.total += 1
+        self.counts[type(method).__name__] += 1
+        chat_id = getattr(method, "chat_id", None)
+        if self.track_chats and chat_id is not None:
+            markup = getattr(method, "reply_markup", None)
+            if isinstance(markup, InlineKeyboardMarkup):
+                self.keyboards[int(chat_id)] = markup
+            text_ = getattr(method, "text", None)
+            if text_:
+                self.last_text[int(chat_id)] = text_
+        if self.on_sent is not None:
+            self.on_sent(method)
+        return self._answer(method)
+
+
+# -- the real bot ----------------------------------------------------------------------------
+
+
+@dataclass
+class BotUnderTest:
+    url: str
+    backend: str
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
+    bureau: BureauConfig
+    dp: Dispatcher
+    bot: Bot
+    telegram: BenchTelegram
+    stats: DbStats
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def build_bot(url: str, *, telegram: BenchTelegram | None = None, migrate_schema: bool = True,
+                    variant: str | None = None, **settings_overrides: Any) -> BotUnderTest:
+    """The production dispatcher on a database URL, with a fake Bot API session."""
+    crypto = _crypto()
+    if crypto is not None and "data_keys" not in settings_overrides:
+        settings_overrides["data_keys"] = BENCH_DATA_KEY or crypto.new_key()
+    settings = Settings(_env_file=None, bot_token=TOKEN, database_url=url,
+                        staff_chat_id=STAFF_CHAT, admin_ids=[ADMIN_ID], log_level="WARNING",
+                        **settings_overrides)
+    configure = getattr(app_module, "configure_encryption", None)
+    if configure is not None:  # personal data encrypted at rest: the product's own key setup
+        configure(settings)
+    engine = (create_engine(url, sqlite_synchronous=settings.sqlite_synchronous) if variant is None
+              else variant_engine(variant, url, settings.sqlite_synchronous))
+    if migrate_schema:
+        await migrate(engine)
+    stats = DbStats().attach(engine)
+    sessionmaker = create_sessionmaker(engine)
+    bureau = load_bureau_config(settings.bureau_config) if settings.bureau_config else load_bureau_config()
+    dp = create_dispatcher(settings, sessionmaker, bureau)
+    telegram = telegram or BenchTelegram(track_chats=True)
+    bot = create_bot(TOKEN, session=telegram)
+    return BotUnderTest(url, "sqlite" if url.startswith("sqlite") else "postgresql", engine, sessionmaker,
+                        settings, bureau, dp, bot, telegram, stats)
+
+
+#: What-if engines, for the suggestions in the report only (the product's engine is the default).
+VARIANTS = {
+    "sqlite-pool1": "SQLite with a pool of one connection: writers queue in asyncio instead of "
+                    "SQLite's busy handler (sleeps of 1-100 ms)",
+    "pg-noping": "PostgreSQL without pool_pre_ping",
+}
+
+
+def variant_engine(variant: str, url: str, synchronous: str) -> AsyncEngine:
+    from storage import db
+
+    if variant == "sqlite-pool1":
+        engine = create_async_engine(url, connect_args={"timeout": 5.0}, pool_size=1, max_overflow=0)
+        db._sqlite_setup(engine, synchronous, 5000)
+        return engine
+    if variant == "pg-noping":
+        return create_async_engine(url)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+BENCH_DATA_KEY = os.environ.get("PETITION_BENCH_DATA_KEY")
+
+
+def _crypto() -> Any:
+    """``storage.crypto`` where the product encrypts personal data (newer trees), else None."""
+    try:
+        return importlib.import_module("storage.crypto")
+    except ImportError:
+        return None
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

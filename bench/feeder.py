@@ -1,0 +1,143 @@
+"""Feeding updates the way long polling delivers them.
+
+Each simulated person is a script (a generator of :class:`Step`) that produces
+its next update only after the bot has answered the previous one, as a person
+reads the reply before typing. Updates that are ready wait "at Telegram" in
+arrival order; the poller takes up to 100 of them (getUpdates' limit) and hands
+the batch to the product's own :func:`bot.polling.process_batch` (each chat's
+updates in order, chats concurrently); only when the whole batch is done does
+it fetch the next one. A person whose update finished early is therefore
+queued ahead of one who finished late.
+
+Latency of an update is the time from the start of ``dp.feed_update`` for it
+to its return, i.e. from the moment polling hands it to the dispatcher until it
+is committed and its replies are sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.types import Chat, Update
+
+from bot.polling import process_batch
+from bot.simulator import BOT_USER
+
+_BOT = BOT_USER.model_dump(exclude_none=True)
+
+POLL_LIMIT = 100
+
+
+class Ids:
+    """Update and message ids, shared by everyone in one run (ids are never reused)."""
+
+    def __init__(self, bot: Bot | None = None, first_update: int = 1) -> None:
+        self.bot = bot
+        self.updates = itertools.count(first_update)
+        self.messages = itertools.count(1_000_000)
+
+
+class Person:
+    """Builds the ``Update`` objects a Telegram client would produce for one user.
+
+    Updates are parsed with the bot in their context, as ``bot.get_updates()``
+    returns them, so aiogram does not re-create each one (it re-validates an
+    update through a JSON round trip when it is not mounted to the bot).
+    """
+
+    __slots__ = ("bot", "chat", "ids", "user")
+
+    def __init__(self, ids: Ids, user_id: int, language_code: str = "zh", bot: Bot | None = None) -> None:
+        self.ids = ids
+        self.bot = bot if bot is not None else ids.bot
+        self.user = {"id": user_id, "is_bot": False, "first_name": "Citizen", "language_code": language_code}
+        self.chat = Chat(id=user_id, type="private")
+
+    def _update(self, fields: dict[str, Any]) -> Update:
+        return Update.model_validate({"update_id": next(self.ids.updates), **fields},
+                                     context={"bot": self.bot} if self.bot is not None else None)
+
+    def text(self, text: str) -> Update:
+        return self._update({"message": {
+            "message_id": next(self.ids.messages), "date": int(time.time()),
+            "chat": {"id": self.chat.id, "type": "private"}, "from": self.user, "text": text}})
+
+    def press(self, data: str) -> Update:
+        anchor = {"message_id": next(self.ids.messages), "date": int(time.time()),
+                  "chat": {"id": self.chat.id, "type": "private"}, "from": _BOT, "text": "…"}
+        return self._update({"callback_query": {
+            "id": str(next(self.ids.messages)), "from": self.user, "chat_instance": "bench",
+            "data": data, "message": anchor}})
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    update: Update
+
+
+Script = Iterator[Step]
+
+
+@dataclass
+class FeedResult:
+    updates: int = 0
+    seconds: float = 0.0
+    batches: int = 0
+    latencies: list[float] = field(default_factory=list)
+    by_label: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.updates / self.seconds if self.seconds else 0.0
+
+
+class _TimedDispatcher:
+    """Stands in for the dispatcher in ``process_batch``: times each update, records completion order."""
+
+    def __init__(self, dp: Dispatcher) -> None:
+        self.dp = dp
+        self.done: list[tuple[int, float]] = []  # (update_id, seconds) in completion order
+
+    async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await self.dp.feed_update(bot, update, **kwargs)
+        finally:
+            self.done.append((update.update_id, time.perf_counter() - start))
+
+
+async def run_closed_loop(dp: Dispatcher, bot: Bot, scripts: list[Script], *,
+                          poll_limit: int = POLL_LIMIT) -> FeedResult:
+    """Run every script to its end; see the module docstring for the model."""
+    result = FeedResult()
+    pending: deque[tuple[Script, Step]] = deque()
+    for script in scripts:
+        step = next(script, None)
+        if step is not None:
+            pending.append((script, step))
+    timed = _TimedDispatcher(dp)
+    started = time.perf_counter()
+    while pending:
+        batch = [pending.popleft() for _ in range(min(poll_limit, len(pending)))]
+        owners = {step.update.update_id: (script, step) for script, step in batch}
+        timed.done.clear()
+        await process_batch(timed, bot, [step.update for _, step in batch])  # type: ignore[arg-type]
+        result.batches += 1
+        for update_id, seconds in timed.done:
+            script, step = owners.pop(update_id)
+            result.updates += 1
+            result.latencies.append(seconds)
+            result.by_label.setdefault(step.label, []).append(seconds)
+            following = next(script, None)
+            if following is not None:
+                pending.append((script, following))
+        assert not owners, f"updates not processed: {sorted(owners)}"
+    result.seconds = time.perf_counter() - started
+    return result

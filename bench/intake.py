@@ -1,0 +1,102 @@
+"""Benchmark 1: intake throughput, the real bot against the framework's ceiling.
+
+N citizens each run the whole filing dialog (20 updates, the last one the
+confirm that creates the case) through the production dispatcher, update
+pipeline, routers, storage and outbox writes, on a fake in-process Bot API,
+fed as long polling delivers (:mod:`bench.feeder`). The ceiling bot
+(:mod:`bench.ceiling`) runs a dialog of the same shape, fed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bench.ceiling import build_ceiling
+from bench.common import ERRORS, BenchTelegram, build_bot, round_trips, scratch_database, summary_ms
+from bench.feeder import FeedResult, Ids, Person, run_closed_loop
+from bench.scripts import Receipts, ceiling_dialog, filing
+from storage.models import Case, OutboxMessage, ProcessedUpdate
+
+log = logging.getLogger(__name__)
+
+FIRST_CITIZEN = 100_000
+
+
+def _feed_metrics(result: FeedResult) -> dict[str, Any]:
+    return {
+        "updates": result.updates,
+        "seconds": result.seconds,
+        "updates_per_s": result.rate,
+        "batches": result.batches,
+        "latency": summary_ms(result.latencies),
+        "by_label": {label: summary_ms(values) for label, values in sorted(result.by_label.items())},
+    }
+
+
+async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | None = None) -> dict[str, Any]:
+    async with scratch_database(backend, pg_url) as url:
+        app = await build_bot(url, variant=variant)
+        try:
+            ids = Ids(app.bot)
+            # Warm-up: one filing, untimed (imports, catalogs, prepared statements, pool).
+            warm = Receipts()
+            shape: list[str] = []
+            for step in filing(Person(ids, FIRST_CITIZEN - 1), app.telegram, warm):
+                shape.append(step.label)
+                await app.dp.feed_update(app.bot, step.update)
+            assert warm.ok and not warm.failed, warm.failed
+
+            before_db, before_calls = app.stats.snapshot(), app.telegram.total
+            errors_before = ERRORS.count
+            receipts = Receipts()
+            scripts = [filing(Person(ids, FIRST_CITIZEN + i), app.telegram, receipts) for i in range(citizens)]
+            result = await run_closed_loop(app.dp, app.bot, scripts)
+            delta = app.stats.since(before_db)
+            calls = app.telegram.total - before_calls
+
+            async with app.sessionmaker() as session:
+                cases = await session.scalar(select(func.count()).select_from(Case))
+                processed = await session.scalar(select(func.count()).select_from(ProcessedUpdate))
+                outbox = await session.scalar(select(func.count()).select_from(OutboxMessage))
+            n = result.updates
+            return {
+                "backend": backend,
+                "variant": variant,
+                "citizens": citizens,
+                "updates_per_filing": len(shape),
+                "shape": shape,
+                **_feed_metrics(result),
+                "db": {**delta, "statements_per_update": delta["statements"] / n,
+                       "round_trips_per_update": round_trips(delta, backend) / n},
+                "bot_api_calls_per_update": calls / n,
+                "errors": ERRORS.count - errors_before, "first_error": ERRORS.first,
+                "check": {
+                    "receipts_ok": len(receipts.ok), "receipts_failed": len(receipts.failed),
+                    "failed_examples": receipts.failed[:3],
+                    "cases_in_db": int(cases or 0) - 1,  # minus the warm-up filing
+                    "processed_updates_in_db": int(processed or 0) - len(shape),
+                    "outbox_rows": int(outbox or 0) - 1,
+                },
+            }
+        finally:
+            await app.close()
+
+
+async def run_ceiling(citizens: int, shape: list[str]) -> dict[str, Any]:
+    dp, bot, telegram = build_ceiling(BenchTelegram())
+    ids = Ids(bot)
+    for step in ceiling_dialog(Person(ids, FIRST_CITIZEN - 1), shape):  # warm-up
+        await dp.feed_update(bot, step.update)
+    before = telegram.total
+    scripts = [ceiling_dialog(Person(ids, FIRST_CITIZEN + i), shape) for i in range(citizens)]
+    result = await run_closed_loop(dp, bot, scripts)
+    return {
+        "backend": "ceiling",
+        "citizens": citizens,
+        "updates_per_filing": len(shape),
+        **_feed_metrics(result),
+        "bot_api_calls_per_update": (telegram.total - before) / result.updates,
+    }

@@ -1,0 +1,237 @@
+"""Machine facts and the tables of ``docs/BENCHMARKS.md``.
+
+The doc's hand-written text stays; only the part between the markers
+``<!-- bench:begin -->`` and ``<!-- bench:end -->`` is rewritten, one block per
+mode (quick and full keep their own blocks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def machine_info() -> dict[str, Any]:
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    snapshot = Path(".commit")  # a run from an exported tree (git archive) names its commit here
+    if snapshot.exists():
+        commit, dirty = snapshot.read_text().strip() + " (exported tree)", False
+    else:
+        commit = git("rev-parse", "--short", "HEAD") or "?"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(), "cpu": cpu, "ram_gib": ram,
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in ("aiogram", "SQLAlchemy", "aiosqlite", "asyncpg",
+                                                       "pydantic", "transitions")},
+        "sqlite": sqlite3.sqlite_version,
+        "commit": commit + (" + uncommitted changes" if dirty else ""),
+        "load_start": tuple(round(x, 2) for x in os.getloadavg()),
+    }
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ok(flag: bool | None) -> str:
+    return "–" if flag is None else ("**met**" if flag else "**missed**")
+
+
+def _results(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [r["result"] for r in report["results"] if r["spec"]["kind"] == kind and "result" in r]
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    out: list[str] = []
+    v = m["versions"]
+    out.append(f"### {report['mode'].capitalize()} run, {m['date']}\n")
+    out.append(
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['ram_gib']:.0f} GiB RAM; Python {m['python']}; "
+        f"aiogram {v['aiogram']}, SQLAlchemy {v['SQLAlchemy']}, aiosqlite {v['aiosqlite']}, "
+        f"asyncpg {v['asyncpg']}, pydantic {v['pydantic']}, transitions {v['transitions']}; "
+        f"SQLite {m['sqlite']} (WAL, synchronous=FULL: the product's default); "
+        f"PostgreSQL on 127.0.0.1. Code at {m['commit']}. Load average at start {m['load_start']}, "
+        f"at end {tuple(round(x, 2) for x in m.get('load_end', ()))} (the machine is shared). "
+        f"Total {m.get('total_seconds', 0) / 60:.1f} min.\n")
+    failed = [r for r in report["results"] if "error" in r]
+    for r in failed:
+        out.append(f"- benchmark `{r['spec']['kind']}` {r['spec'].get('backend', '')} failed: "
+                   f"`{r['error'].splitlines()[-1][:200]}`")
+    if failed:
+        out.append("")
+
+    # 1. intake ---------------------------------------------------------------------------
+    intake = _results(report, "intake")
+    ceilings = {r["citizens"]: r for r in _results(report, "ceiling")}
+    rows: list[list[Any]] = []
+    verdict_ratio: list[bool] = []
+    verdict_p99: bool | None = None
+    for n in sorted({r["citizens"] for r in intake} | set(ceilings)):
+        c = ceilings.get(n)
+        if c:
+            rows.append([n, "ceiling: bare aiogram + MemoryStorage", c["updates_per_s"], "1.00",
+                         c["latency"]["p50_ms"], c["latency"]["p99_ms"], c["latency"]["max_ms"], "–",
+                         "0", "0", c["bot_api_calls_per_update"], "–"])
+        for r in [r for r in intake if r["citizens"] == n]:
+            ratio = r["updates_per_s"] / c["updates_per_s"] if c else math.nan
+            name = r["backend"] + (f" (what-if: {r['variant']})" if r.get("variant") else "")
+            if r["backend"] == "sqlite" and not r.get("variant") and c:
+                verdict_ratio.append(ratio >= 0.5)
+                if n == 1000:
+                    verdict_p99 = r["latency"]["p99_ms"] <= 10
+            confirm = r["by_label"].get("confirm", {})
+            rows.append([n, f"**{name}**", r["updates_per_s"], f"{ratio:.3f}", r["latency"]["p50_ms"],
+                         r["latency"]["p99_ms"], r["latency"]["max_ms"],
+                         f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}",
+                         f"{r['db']['statements_per_update']:.2f}", f"{r['db']['round_trips_per_update']:.2f}",
+                         r["bot_api_calls_per_update"],
+                         f"{r['errors']}" + ("" if r["check"]["receipts_failed"] == 0
+                                             else f", {r['check']['receipts_failed']} filings unfinished")])
+    out.append("#### 1. Intake throughput (full filing dialog, 20 updates per citizen)\n")
+    out.append(_table(["citizens", "bot", "updates/s", "× ceiling", "p50 ms", "p99 ms", "max ms",
+                       "confirm p50 / p99 ms", "SQL statements / update", "DB round trips / update",
+                       "Bot API calls / update", "failed updates"], rows))
+    checks = [f"{r['backend']}×{r['citizens']}: {r['check']['cases_in_db']} cases, "
+              f"{r['check']['processed_updates_in_db']} update ids committed" for r in intake if not r.get("variant")]
+    out.append("\nConsistency: " + "; ".join(checks) + ".\n")
+    out.append(f"Target ≥ 0.5 × ceiling on SQLite: {_ok(all(verdict_ratio) if verdict_ratio else None)}. "
+               f"Target p99 ≤ 10 ms at 1,000 citizens: {_ok(verdict_p99)}.\n")
+
+    # 2. status -----------------------------------------------------------------------------
+    out.append("#### 2. Status lookups as the case table grows\n")
+    rows = []
+    verdicts: list[str] = []
+    for r in _results(report, "status"):
+        levels = r["levels"]
+        for lv in levels:
+            s, c, d, f = lv["sequential"], lv["concurrent"], lv["no_scrypt"], lv["filing"]
+            rows.append([r["backend"], lv["cases"], lv["fill_seconds"],
+                         f"{_f(s['existing']['p50_ms'])} / {_f(s['existing']['p99_ms'])}",
+                         f"{_f(s['missing']['p50_ms'])} / {_f(s['missing']['p99_ms'])}",
+                         s["lookups_per_s"], c["lookups_per_s"], c["all"]["p50_ms"],
+                         f"{_f(d['existing']['p50_ms'])} / {_f(d['missing']['p50_ms'])}",
+                         f"{s['statements_per_lookup']:.1f}",
+                         f"{_f(f['confirm']['p50_ms'])} / {_f(f['other_steps']['p50_ms'])}",
+                         f"{s['wrong_answers'] + c['wrong_answers'] + d['wrong_answers']} / "
+                         f"{s['errors'] + c['errors'] + d['errors']}"])
+        first, last = levels[0], levels[-1]
+        ratio = last["sequential"]["all"]["p50_ms"] / first["sequential"]["all"]["p50_ms"]
+        ratio_db = last["no_scrypt"]["all"]["p50_ms"] / first["no_scrypt"]["all"]["p50_ms"]
+        ratio_filing = last["filing"]["confirm"]["p50_ms"] / first["filing"]["confirm"]["p50_ms"]
+        verdict = _ok(ratio <= 1.2) if last["cases"] >= 1_000_000 else "not measured at 10⁶ in this mode"
+        verdicts.append(f"{r['backend']}: median at {last['cases']:,} / median at {first['cases']:,} = "
+                        f"{ratio:.2f} (target ≤ 1.2 at 10⁶: {verdict}); without scrypt {ratio_db:.2f}; "
+                        f"filing's confirm step {ratio_filing:.2f}")
+    out.append(_table(["backend", "cases", "fill s", "existing p50 / p99 ms", "missing p50 / p99 ms",
+                       "lookups/s, one at a time", "lookups/s, 100 accounts at once", "p50 ms, 100 at once",
+                       "no-scrypt diagnostic: existing / missing p50 ms", "SQL statements / lookup",
+                       "filing at this size: confirm / other steps p50 ms", "wrong answers / failed"], rows))
+    out.append("\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+
+    # 3. burst -------------------------------------------------------------------------------
+    out.append("#### 3. Notification burst under Telegram's limits (scaled time)\n")
+    rows = []
+    verdicts = []
+    for r in _results(report, "burst"):
+        rejected = ", ".join(f"{k}: {n}" for k, n in sorted(r["rejected_429"].items())) or "0"
+        what = "cards to the staff group" if r["kind"] == "group" else "notices to citizens"
+        rows.append([f"{r['kind']}: {r['count']:,} {what}",
+                     f"×{r['factor']:g}", f"{r['delivered_distinct']:,} / {r['expected']:,}", r["lost"],
+                     r["duplicated"], rejected, r["span_scaled_s"], r["ideal_span_s"],
+                     f"{r['efficiency'] * 100:.2f} %", r["real_seconds"],
+                     f"{_f(r['confirm']['p50_ms'])} / {_f(r['confirm']['max_ms'])}",
+                     r.get("confirm_replies_lost_to_429", 0)])
+        ok = (r["efficiency"] >= 0.95 and not r["rejected_429"] and r["lost"] == 0 and r["duplicated"] == 0)
+        verdicts.append(f"{r['kind']}: {_ok(ok)} (≥ 95 % of the limits: {r['efficiency'] * 100:.2f} %; "
+                        f"429s: {sum(r['rejected_429'].values())}; lost {r['lost']}; duplicated {r['duplicated']})")
+    out.append(_table(["burst", "time factor", "delivered / expected", "lost", "duplicated", "429 answers",
+                       "span (scaled s)", "fastest the limits allow (s)", "of the limits", "real s",
+                       "citizen's confirm p50 / max ms", "receipts lost to 429"], rows))
+    out.append("\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+
+    # 4. memory ------------------------------------------------------------------------------
+    out.append("#### 4. Memory: distinct chats sending /start once\n")
+    rows = []
+    verdicts = []
+    for r in _results(report, "memory"):
+        curve = ", ".join(f"{n // 1000}k: {g:.0f}" for n, g in r["curve_mb"])
+        rows.append([r["backend"] + (f" (what-if: {r['variant']})" if r.get("variant") else ""),
+                     r["chats"], r["updates_per_s"], r["rss_before_mb"], r["rss_after_mb"],
+                     r["growth_mb"], r["growth_after_trim_mb"], r["bytes_per_chat"],
+                     f"{r['fsm_storage_records']['before']} → {r['fsm_storage_records']['after']}",
+                     r["pipeline_locks_after"], r.get("flood_gate_entries_after"), curve, r["errors"]])
+        if r.get("variant"):
+            continue
+        verdict = (_ok(r["growth_mb"] <= 20) if r["chats"] >= 100_000
+                   else "indicative only: the target is for 100,000 chats (full mode)")
+        verdicts.append(f"{r['backend']}, {r['chats']:,} chats: growth {r['growth_mb']:.1f} MB "
+                        f"(target ≤ 20 MB after 100,000 chats): {verdict}")
+    out.append(_table(["backend", "chats", "updates/s", "RSS before MB", "RSS after MB", "growth MB",
+                       "growth after malloc_trim MB", "bytes / chat", "aiogram FSM records",
+                       "pipeline locks left", "flood gate entries left", "growth curve (MB)", "failed"], rows))
+    out.append("\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+    return "\n".join(out)
+
+
+BEGIN = "<!-- bench:begin {mode} -->"
+END = "<!-- bench:end {mode} -->"
+
+
+def write_doc(path: Path, report: dict[str, Any]) -> None:
+    mode = report["mode"]
+    block = f"{BEGIN.format(mode=mode)}\n{render(report)}\n{END.format(mode=mode)}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nRun `.venv/bin/python -m bench` (quick) or " \
+                                                  "`.venv/bin/python -m bench --full`.\n"
+    begin, end = BEGIN.format(mode=mode), END.format(mode=mode)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -1,0 +1,172 @@
+"""Benchmark 2: status lookups (and filing) as the case table grows.
+
+The table is grown in place (10⁴ → 10⁵ → 10⁶ cases, see :mod:`bench.fill`); at
+each size:
+
+* ``/status <number> <code>`` updates through the real dispatcher, for existing
+  numbers (right code: the full timeline view) and for well-formed numbers that
+  do not exist, one at a time (latency) and 100 accounts at once (throughput);
+* the same lookups with scrypt replaced by a plain comparison (diagnostic only,
+  clearly labelled: it shows what the database part costs once the constant
+  16 ms of scrypt is taken away);
+* a few complete filings through the dialog, since submitting looks for the
+  same petitioner's earlier cases in this table.
+
+Rate limits: failed lookups are limited per account (default 10 an hour). The
+lookups come from a pool of accounts that have each sent /start, **and** the
+benchmark's settings raise ``status_max_failures_per_user`` to 10⁹ so the
+limit is checked on every lookup but never reached (the per-number limit stays
+at its default: every non-existing number is tried once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import handoff.followup as followup_module
+from bench.common import ERRORS, BotUnderTest, build_bot, round_trips, scratch_database, summary_ms
+from bench.feeder import Ids, Person, Step, run_closed_loop
+from bench.fill import KNOWN_CODE, make_filler, tracking_numbers
+from bench.scripts import Receipts, filing, one_message
+
+log = logging.getLogger(__name__)
+
+ACCOUNTS = 100
+FIRST_ACCOUNT = 2_000_000
+FIRST_FILER = 3_000_000
+NOT_FOUND = "没有找到"
+
+
+@contextlib.contextmanager
+def scrypt_stubbed() -> Iterator[None]:
+    """Diagnostic only: verification by plain comparison instead of scrypt."""
+    verify, burn = getattr(followup_module, "verify_query_code"), getattr(followup_module, "burn_verify")  # noqa: B009
+    setattr(followup_module, "verify_query_code", lambda code, stored: code.upper() == KNOWN_CODE)  # noqa: B010
+    setattr(followup_module, "burn_verify", lambda code: None)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(followup_module, "verify_query_code", verify)  # noqa: B010
+        setattr(followup_module, "burn_verify", burn)  # noqa: B010
+
+
+class LookupCheck:
+    def __init__(self) -> None:
+        self.wrong = 0
+        self.examples: list[str] = []
+
+
+def lookup_script(persons: list[Person], targets: list[tuple[str, bool]], app: BotUnderTest,
+                  check: LookupCheck) -> Iterator[Step]:
+    """/status for each target in turn, from the given accounts in rotation; checks each answer."""
+    for n, (number, exists) in enumerate(targets):
+        person = persons[n % len(persons)]
+        yield Step("existing" if exists else "missing", person.text(f"/status {number} {KNOWN_CODE}"))
+        answer = app.telegram.last_text.get(person.chat.id, "")
+        ok = (number in answer) if exists else (NOT_FOUND in answer)
+        if not ok:
+            check.wrong += 1
+            if len(check.examples) < 3:
+                check.examples.append(answer[:160])
+
+
+async def measure_lookups(app: BotUnderTest, persons: list[Person], existing: list[str], missing: list[str],
+                          concurrency: int) -> dict[str, Any]:
+    targets = [(n, True) for n in existing] + [(n, False) for n in missing]
+    random.Random(len(targets)).shuffle(targets)
+    check = LookupCheck()
+    before = app.stats.snapshot()
+    errors_before = ERRORS.count
+    if concurrency == 1:
+        scripts = [lookup_script(persons, targets, app, check)]
+    else:
+        scripts = [lookup_script([persons[i]], targets[i::concurrency], app, check) for i in range(concurrency)]
+    result = await run_closed_loop(app.dp, app.bot, scripts)
+    delta = app.stats.since(before)
+    return {
+        "concurrency": concurrency,
+        "lookups": result.updates,
+        "seconds": result.seconds,
+        "lookups_per_s": result.rate,
+        "all": summary_ms(result.latencies),
+        "existing": summary_ms(result.by_label.get("existing", [])),
+        "missing": summary_ms(result.by_label.get("missing", [])),
+        "statements_per_lookup": delta["statements"] / max(1, result.updates),
+        "round_trips_per_lookup": round_trips(delta, app.backend) / max(1, result.updates),
+        "wrong_answers": check.wrong,
+        "errors": ERRORS.count - errors_before,
+        "wrong_examples": check.examples,
+    }
+
+
+async def measure_filings(app: BotUnderTest, ids: Ids, first_user: int, count: int) -> dict[str, Any]:
+    receipts = Receipts()
+    scripts = [filing(Person(ids, first_user + i), app.telegram, receipts) for i in range(count)]
+    latencies: dict[str, list[float]] = {}
+    before = app.stats.snapshot()
+    for script in scripts:  # one citizen at a time: the latency of the steps themselves
+        result = await run_closed_loop(app.dp, app.bot, [script])
+        for label, values in result.by_label.items():
+            latencies.setdefault(label, []).extend(values)
+    delta = app.stats.since(before)
+    confirm = latencies.pop("confirm", [])
+    others = [v for values in latencies.values() for v in values]
+    return {
+        "filings": count,
+        "confirm": summary_ms(confirm),
+        "other_steps": summary_ms(others),
+        "statements_per_filing": delta["statements"] / count,
+        "receipts_ok": len(receipts.ok),
+        "receipts_failed": len(receipts.failed),
+    }
+
+
+async def run_status(backend: str, sizes: list[int], per_kind: int, concurrent_lookups: int, pg_url: str,
+                     filings: int = 5) -> dict[str, Any]:
+    async with scratch_database(backend, pg_url) as url:
+        app = await build_bot(url, status_max_failures_per_user=10**9)
+        try:
+            ids = Ids(app.bot)
+            # The template: one real filing through the dialog.
+            template = Receipts()
+            for step in filing(Person(ids, FIRST_FILER - 1), app.telegram, template):
+                await app.dp.feed_update(app.bot, step.update)
+            assert template.ok, template.failed
+            filler = await make_filler(app, template_case_id=1)
+            # Accounts that will look up: each sends /start once (untimed).
+            persons = [Person(ids, FIRST_ACCOUNT + i) for i in range(ACCOUNTS)]
+            await run_closed_loop(app.dp, app.bot, [one_message(p, "/start") for p in persons])
+
+            rng = random.Random(7)
+            levels = []
+            next_filer = FIRST_FILER
+            for size in sizes:
+                started = time.perf_counter()
+                await filler.grow_to(size)
+                fill_seconds = time.perf_counter() - started
+                # Existing numbers spread over the whole table; missing ones fresh and valid.
+                existing = rng.sample(filler.numbers, per_kind)
+                missing_gen = tracking_numbers(filler.prefix, rng, filler.taken)
+                missing = [next(missing_gen) for _ in range(per_kind)]
+                sequential = await measure_lookups(app, persons, existing, missing, 1)
+                existing_c = rng.sample(filler.numbers, concurrent_lookups // 2)
+                missing_c = [next(missing_gen) for _ in range(concurrent_lookups // 2)]
+                concurrent = await measure_lookups(app, persons, existing_c, missing_c, ACCOUNTS)
+                with scrypt_stubbed():
+                    existing_d = rng.sample(filler.numbers, per_kind)
+                    missing_d = [next(missing_gen) for _ in range(per_kind)]
+                    diagnostic = await measure_lookups(app, persons, existing_d, missing_d, 1)
+                filed = await measure_filings(app, ids, next_filer, filings)
+                next_filer += filings
+                levels.append({"cases": size, "fill_seconds": fill_seconds, "sequential": sequential,
+                               "concurrent": concurrent, "no_scrypt": diagnostic, "filing": filed})
+                log.warning("status %s %s: p50 %.1f ms", backend, size, sequential["all"]["p50_ms"])
+            return {"backend": backend, "levels": levels, "accounts": ACCOUNTS,
+                    "rate_limit": "status_max_failures_per_user=10**9; per-number limit default (5/h)"}
+        finally:
+            await app.close()

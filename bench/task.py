@@ -1,0 +1,58 @@
+"""One benchmark in its own process: ``python -m bench.task '<json spec>' <result file>``.
+
+A fresh process per benchmark keeps them from disturbing each other (memory,
+caches, the garbage collector) and is what the memory benchmark needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+async def run(spec: dict[str, Any]) -> Any:
+    kind = spec["kind"]
+    pg_url = spec.get("pg_url", "")
+    if kind == "intake":
+        from bench.intake import run_intake
+
+        return await run_intake(spec["backend"], spec["citizens"], pg_url, spec.get("variant"))
+    if kind == "ceiling":
+        from bench.intake import run_ceiling
+
+        return await run_ceiling(spec["citizens"], spec["shape"])
+    if kind == "status":
+        from bench.status import run_status
+
+        return await run_status(spec["backend"], spec["sizes"], spec["per_kind"], spec["concurrent"], pg_url,
+                                spec.get("filings", 5))
+    if kind == "burst":
+        from bench.burst import run_burst
+
+        return await run_burst(spec["backend"], spec["burst"], spec["count"], spec["factor"], spec["citizens"],
+                               pg_url)
+    if kind == "memory":
+        from bench.memory import run_memory
+
+        return await run_memory(spec["backend"], spec["chats"], pg_url, variant=spec.get("variant"))
+    raise ValueError(f"unknown benchmark {kind!r}")
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The product's own error logs are counted (bench.common.ERRORS), not printed.
+    for name in ("bot", "handoff"):
+        logging.getLogger(name).propagate = False
+    started = time.perf_counter()
+    result = asyncio.run(run(spec))
+    with open(sys.argv[2], "w") as f:
+        json.dump({"spec": spec, "result": result, "seconds": time.perf_counter() - started}, f, default=str)
+
+
+if __name__ == "__main__":
+    main()
