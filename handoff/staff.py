@@ -26,7 +26,7 @@ from dialogs.i18n import t
 from dialogs.tracking import parse_tracking_number
 from dialogs.validators import clean_text
 from handoff.deadlines import BUREAU_TZ
-from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Button, enqueue
+from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, PRIORITY_STAFF, Button, enqueue
 from state_machine.case import TERMINAL, Action, Status, allowed_actions, next_status
 from storage.models import Attachment, Case, CaseEvent, Staff, StaffPrompt
 
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 TEXT_LIMIT = 2000
 
 #: Actions that do not change the status.
-CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER, HEARING = (
-    "claim", "unassign", "give_to", "ask_info", "reply", "details", "leader", "hearing")
-EXTRA_ACTIONS = (CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER, HEARING)
+CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER, HEARING, SUPERVISE = (
+    "claim", "unassign", "give_to", "ask_info", "reply", "details", "leader", "hearing", "supervise")
+EXTRA_ACTIONS = (CLAIM, UNASSIGN, GIVE_TO, ASK_INFO, REPLY, DETAILS, LEADER, HEARING, SUPERVISE)
 
 #: A choice an action needs before it can run: (parameter, values). Units and
 #: staff members are listed from the configuration and the staff table.
@@ -55,7 +55,7 @@ NEEDS_UNIT = frozenset({Action.TRANSFER, Action.ASSIGN})
 NEEDS_TEXT = frozenset({
     Action.REDIRECT, Action.NOT_ACCEPT, Action.DIRECT_TO_ROUTE, Action.OBJECT, Action.EXTEND,
     Action.DECIDE, Action.DECIDE_REVIEW, Action.DECIDE_REREVIEW, Action.RETURN_FOR_REWORK,
-    Action.NOT_REACCEPT, Action.MARK_DUPLICATE, ASK_INFO, REPLY, LEADER, HEARING,
+    Action.NOT_REACCEPT, Action.MARK_DUPLICATE, ASK_INFO, REPLY, LEADER, HEARING, SUPERVISE,
 })
 #: Status changes the citizen is told about with a message of their own
 #: (``notice.<action>``); the others get the generic ``notice.status``.
@@ -127,6 +127,8 @@ class StaffService:
         actions += [a.value for a in allowed_actions(case.status, "staff")]
         if case.status == Status.REREVIEW:
             actions.append(HEARING)
+        if case.unit_code is not None:
+            actions.append(SUPERVISE)  # 督办 (art. 40): the bureau presses the handling unit
         actions += [ASK_INFO, REPLY, LEADER, DETAILS]
         return actions
 
@@ -333,6 +335,13 @@ class StaffService:
             self._notify(session, case, "notice.reply", now, text=text or "")
         elif action == LEADER:
             case.leader = (text or "")[:100] or None
+        elif action == SUPERVISE:
+            unit = self.bureau.unit(case.unit_code or "")
+            chat = unit.chat_id if unit is not None and unit.chat_id is not None else case.card_chat_id
+            if chat is not None:
+                enqueue(session, kind="text", chat_id=chat, case_id=case.id, now=now, priority=PRIORITY_STAFF,
+                        payload={"reply_to_card": True, "map_replies": True, "text": str(t(
+                            self.locale, "staff.supervised", tracking=case.tracking_number, text=text or ""))})
         elif action == HEARING:
             case.hearing_days = (case.hearing_days or 0) + int(params["d"])
             if self.clocks is not None:

@@ -429,3 +429,21 @@ async def test_emergency_words_mid_filing_page_the_staff_ahead_of_everything(app
     await app.deliver()
     staff = [c for c in app.telegram.sent(STAFF_CHAT)]
     assert "紧急" in staff[0].text and "有人打人" in staff[0].text
+
+
+async def test_the_bureau_supervises_the_handling_unit_and_it_counts(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    await app.deliver()
+    await _act(app, ADMIN, "register")
+    await _act(app, ADMIN, "transfer", "u=441900121")
+    case = await _act(app, ADMIN, "supervise", text="请于3日内报告办理进展")
+    assert "supervise" in await _events(app, case.id)
+    said = [c.text for c in app.telegram.sent(STAFF_CHAT)]
+    assert any("督办" in s and "3日内报告" in s for s in said)
+    from datetime import date
+
+    from handoff.kpi import compute
+
+    async with app.sessionmaker() as session:
+        report = await compute(session, app.bureau, start=date(2026, 3, 1), end=date(2026, 3, 31), now=app.clock())
+    assert report.summary.supervisions == 1
