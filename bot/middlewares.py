@@ -28,7 +28,16 @@ from typing import Any
 
 from aiogram import BaseMiddleware, Bot
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
-from aiogram.types import CallbackQuery, Message, TelegramObject, Update
+from aiogram.types import (
+    CallbackQuery,
+    ForceReply,
+    InlineKeyboardMarkup,
+    Message,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    TelegramObject,
+    Update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.render import Markup, OutMessage, render
@@ -36,7 +45,7 @@ from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
 from handoff.outbox import Wakeup
 from storage.models import CitizenSession
-from storage.repositories import citizen_session, claim_update
+from storage.repositories import citizen_session, claim_update, mark_delivered, store_replies, unsent_replies
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +116,10 @@ class FloodGate:
         return True
 
 
+_MARKUPS: dict[str, type[InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | ForceReply]] = {
+    m.__name__: m for m in (InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove, ForceReply)}
+
+
 class Responder:
     """Replies staged during an update, sent only after its commit."""
 
@@ -128,6 +141,30 @@ class Responder:
     def say(self, key: str, markup: Markup | None = None, **params: Any) -> None:
         self.messages.append(OutMessage(t(self.locale, key, **params), markup))
 
+    def has_messages(self) -> bool:
+        return bool(self.messages or self.files or self.elsewhere)
+
+    def dump(self) -> dict[str, Any]:
+        """What this update will send, to keep with it until it is sent."""
+        def markup(m: Markup | None) -> list[str] | None:
+            return None if m is None else [type(m).__name__, m.model_dump_json(exclude_none=True)]
+
+        return {"chat": self.chat_id,
+                "messages": [[m.text, markup(m.markup)] for m in self.messages],
+                "files": [list(f) for f in self.files],
+                "elsewhere": [[chat, m.text, markup(m.markup)] for chat, m in self.elsewhere]}
+
+    @classmethod
+    def load(cls, stored: dict[str, Any], locale: str) -> Responder:
+        def markup(raw: list[str] | None) -> Markup | None:
+            return None if raw is None else _MARKUPS[raw[0]].model_validate_json(raw[1])
+
+        responder = cls(stored.get("chat"), locale)
+        responder.messages = [OutMessage(text, markup(m)) for text, m in stored.get("messages", [])]
+        responder.files = [(k, f, c) for k, f, c in stored.get("files", [])]
+        responder.elsewhere = [(chat, OutMessage(text, markup(m))) for chat, text, m in stored.get("elsewhere", [])]
+        return responder
+
     def send(self, text: str, markup: Markup | None = None, chat_id: int | None = None) -> None:
         """Already rendered text, to this chat or another one."""
         if chat_id is None or chat_id == self.chat_id:
@@ -135,7 +172,8 @@ class Responder:
         else:
             self.elsewhere.append((chat_id, OutMessage(text, markup)))
 
-    async def flush(self, bot: Bot) -> None:
+    async def flush(self, bot: Bot) -> bool:
+        """Send everything; True when every message went out."""
         if self.callback is not None:
             try:
                 await self.callback.answer(self.callback_text)
@@ -149,12 +187,15 @@ class Responder:
                                      caption=caption)) for kind, file_id, caption in self.files]
         sends += [(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup))
                   for chat, m in self.elsewhere]
+        complete = True
         for chat, send in sends:
             try:
                 await _send(send)
             except (TimeoutError, TelegramAPIError) as exc:
                 # The update's effects are committed: one lost reply must not stop the others.
                 log.warning("could not write to chat %s: %s", chat, exc)
+                complete = False
+        return complete
 
 
 async def _send(send: Callable[[], Awaitable[Any]], attempts: int = 4) -> None:
@@ -198,6 +239,10 @@ class UpdatePipeline(BaseMiddleware):
         self.wakeup = wakeup
         self.flood = flood
         self.locks = KeyedLocks()
+        #: Updates whose replies went out but are not yet marked so in the database:
+        #: marked in batches (at most a second late), so the hot path gains no commit.
+        self.sent: set[int] = set()
+        self._marked_at = 0.0
 
     async def __call__(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
                        event: TelegramObject, data: dict[str, Any]) -> Any:
@@ -223,9 +268,12 @@ class UpdatePipeline(BaseMiddleware):
                                                     chat_id, user_id, chat_type, language)
             except Exception:
                 log.exception("update %s failed; rolled back", event.update_id)
+                self.sent |= data.pop("_marking", set())  # the rolled-back marks are made again later
                 await self._apologise(bot, chat_id, chat_type, responder.locale)
                 return None
-            await responder.flush(bot)
+            responder = data.get("responder", responder)  # a replay may bring the stored replies
+            if await responder.flush(bot) and responder.has_messages():
+                self.sent.add(event.update_id)
             return result
 
     async def _in_transaction(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
@@ -246,8 +294,15 @@ class UpdatePipeline(BaseMiddleware):
                       chat_id: int | None, user_id: int | None, chat_type: str | None,
                       language: str | None) -> Any:
         async with session.begin():
+            data["_marking"] = await self._mark_sent(session)
             if not await claim_update(session, event.update_id, now):
                 log.info("update %s already processed; skipped", event.update_id)
+                if event.update_id not in self.sent:
+                    stored = await unsent_replies(session, event.update_id)
+                    if stored:
+                        # Committed before a crash, its replies never went out: send them now.
+                        log.info("update %s: sending the replies a crash interrupted", event.update_id)
+                        data["responder"] = Responder.load(stored, responder.locale)
                 return None
             data["session"] = session
             data["now"] = now
@@ -267,7 +322,19 @@ class UpdatePipeline(BaseMiddleware):
                     log.info("update %s from banned user %s ignored", event.update_id, user_id)
                     responder.say("banned")
                     return None
-            return await handler(event, data)
+            result = await handler(event, data)
+            if responder.has_messages():
+                await store_replies(session, event.update_id, responder.dump())
+            return result
+
+    async def _mark_sent(self, session: AsyncSession) -> set[int]:
+        """Record, in this transaction, the replies sent since the last time (batched)."""
+        if not self.sent or (len(self.sent) < 100 and time.monotonic() - self._marked_at < 1.0):
+            return set()
+        batch, self.sent = self.sent, set()
+        self._marked_at = time.monotonic()
+        await mark_delivered(session, batch)
+        return batch
 
     async def _apologise(self, bot: Bot, chat_id: int | None, chat_type: str | None, locale: str) -> None:
         if chat_id is None or chat_type != "private":

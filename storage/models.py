@@ -66,6 +66,10 @@ class ProcessedUpdate(Base):
 
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     processed_at: Mapped[datetime] = mapped_column(index=True)
+    #: The replies of the update, kept until they are known to be sent, so a crash
+    #: between the commit and the send is repaired when Telegram redelivers it.
+    replies: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class CitizenSession(Base):

@@ -8,7 +8,7 @@ from datetime import datetime
 from difflib import SequenceMatcher
 from typing import Any
 
-from sqlalchemy import delete, exists, or_, select
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +32,25 @@ async def claim_update(session: AsyncSession, update_id: int, now: datetime) -> 
     stmt = insert(ProcessedUpdate).values(update_id=update_id, processed_at=now)
     result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["update_id"]))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def store_replies(session: AsyncSession, update_id: int, replies: dict[str, Any]) -> None:
+    """Keep an update's replies with it until they are known to be sent."""
+    await session.execute(update(ProcessedUpdate).where(ProcessedUpdate.update_id == update_id)
+                          .values(replies=replies, delivered=False))
+
+
+async def unsent_replies(session: AsyncSession, update_id: int) -> dict[str, Any] | None:
+    row = (await session.execute(select(ProcessedUpdate.replies, ProcessedUpdate.delivered)
+                                 .where(ProcessedUpdate.update_id == update_id))).one_or_none()
+    return row.replies if row is not None and not row.delivered else None
+
+
+async def mark_delivered(session: AsyncSession, update_ids: Iterable[int]) -> None:
+    ids = list(update_ids)
+    if ids:
+        await session.execute(update(ProcessedUpdate).where(ProcessedUpdate.update_id.in_(ids))
+                              .values(delivered=True, replies=None))
 
 
 async def forget_updates_before(session: AsyncSession, cutoff: datetime) -> int:

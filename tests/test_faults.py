@@ -288,11 +288,6 @@ async def test_kill_9_between_the_case_commit_and_the_staff_card_sends_the_card_
     assert len(api.to_chat(CITIZEN)) == FILING_REPLIES[-1], "the citizen was answered twice"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: replies are sent after the commit and are not durable: a process killed after "
-    "committing an answer and before Telegram accepted the reply never sends that reply; "
-    "on restart the replayed update is skipped as already processed (bot/middlewares.py "
-    "UpdatePipeline.__call__ / Responder.flush)."))
 async def test_kill_9_between_the_commit_of_an_answer_and_its_reply_the_reply_comes_after_restart(
         api: FakeBotAPI, spawn: Callable[..., BotProcess], sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     bot = spawn()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 05:12:23.090661
+Create Date: 2026-11-27 05:58:16.549887
 """
 from __future__ import annotations
 
@@ -127,6 +127,8 @@ def upgrade() -> None:
     op.create_table('processed_updates',
     sa.Column('update_id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('replies', sa.Text(), nullable=True),
+    sa.Column('delivered', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('update_id', name=op.f('pk_processed_updates'))
     )
     with op.batch_alter_table('processed_updates', schema=None) as batch_op:
