@@ -27,7 +27,7 @@ from dialogs.tracking import burn_verify, parse_tracking_number, verify_query_co
 from dialogs.validators import clean_text
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, PRIORITY_STAFF, Button, enqueue
-from state_machine.case import TERMINAL, WITHDRAWABLE, Action, Status, next_status
+from state_machine.case import TERMINAL_VALUES, WITHDRAWABLE, Action, Status, next_status
 from storage.models import Attachment, Case, CaseEvent, LookupFailure, Rating
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ PUBLIC_EVENTS = frozenset({
 PUBLIC_NOTES = frozenset({"not_accept", "direct_to_route", "redirect", "extend", "decide", "decide_review",
                           "decide_rereview", "not_reaccept"})
 SCORES = ("satisfied", "basic", "unsatisfied")
-TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 WITHDRAWABLE_VALUES = tuple(s.value for s in WITHDRAWABLE)
 
 

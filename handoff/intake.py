@@ -24,7 +24,8 @@ from dialogs.messages import Input, Reply
 from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
 from handoff.clocks import Clocks
 from handoff.outbox import PRIORITY_URGENT, enqueue
-from handoff.relay import TERMINAL_VALUES, RelayService
+from handoff.relay import RelayService
+from state_machine.case import TERMINAL_VALUES
 from storage.crypto import lookup_hash
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import flag_modified
 
-from state_machine.case import TERMINAL
+from state_machine.case import TERMINAL_VALUES
 from storage.crypto import lookup_hash
 from storage.models import Attachment, Case, CaseEvent, CitizenSession
 
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 ERASED = "—"
 BATCH = 500
-TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 
 
 async def rotate_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> int:

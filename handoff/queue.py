@@ -18,13 +18,12 @@ from dialogs.i18n import t
 from dialogs.tracking import parse_tracking_number
 from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import enqueue
-from state_machine.case import TERMINAL
+from state_machine.case import TERMINAL_VALUES
 from storage.models import Case, CitizenSession, Staff, StaffMessage
 
 log = logging.getLogger(__name__)
 
 PAGE = 10
-TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 
 
 @dataclass

@@ -14,12 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dialogs.i18n import t
 from dialogs.validators import clean_text
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_STAFF, PRIORITY_URGENT, enqueue
-from state_machine.case import TERMINAL
+from state_machine.case import TERMINAL_VALUES
 from storage.models import Case, CaseEvent
 
 #: Any Telegram message fits (4096 characters): a citizen's message is never cut.
 TEXT_LIMIT = 4096
-TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 
 
 @dataclass

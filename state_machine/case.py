@@ -90,6 +90,8 @@ TERMINAL: frozenset[Status] = frozenset(
     {S.FINAL, S.CLOSED, S.DUPLICATE, S.NOT_REACCEPTED, S.WITHDRAWN}
 )
 OPEN: frozenset[Status] = frozenset(Status) - TERMINAL
+#: The terminal statuses as stored strings, for queries (``status.not_in(...)``).
+TERMINAL_VALUES: tuple[str, ...] = tuple(sorted(s.value for s in TERMINAL))
 
 #: Where the citizen may still withdraw: open and before any decision. A
 #: non-acceptance notice, a direction to a statutory route and a redirection

@@ -42,6 +42,17 @@ async def to_title(citizen: SimUser, *, matter: str = "grievance") -> None:
     await citizen.send("虎门" if citizen.user.language_code != "en" else "Humen")
 
 
+async def to_attachments(citizen: SimUser) -> None:
+    """Up to the attachment step, with short answers and the optional ones skipped."""
+    b = labels(citizen)
+    await to_title(citizen)
+    for answer in ("标题", "诉求", "事实", "理由"):
+        await citizen.send(answer)
+    await citizen.press(b["skip"])  # occurred
+    await citizen.press(b["skip"])  # accused
+    await citizen.press(b["no_litigation"])
+
+
 async def to_summary(citizen: SimUser, *, matter: str = "grievance", title: str = "拖欠工资",
                      phone: str = "139 1234 5678") -> None:
     b = labels(citizen)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from bot.render import visible_length
 from storage.models import Attachment, Case, CaseEvent, CitizenSession
 from tests.conftest import App
-from tests.flows import EN, VALID_ID, ZH, file_petition, to_summary, to_title
+from tests.flows import EN, VALID_ID, ZH, file_petition, to_attachments, to_summary, to_title
 
 
 async def _cases(app: App) -> list[Case]:
@@ -69,12 +69,7 @@ async def test_suggestion_does_not_ask_for_an_id_number(app: App) -> None:
 
 async def test_grievance_asks_for_the_id_number_and_says_why(app: App) -> None:
     citizen = app.sim.citizen()
-    await to_title(citizen)
-    for answer in ("标题", "诉求", "事实", "理由"):
-        await citizen.send(answer)
-    await citizen.press(ZH["skip"])
-    await citizen.press(ZH["skip"])
-    await citizen.press(ZH["no_litigation"])
+    await to_attachments(citizen)
     await citizen.press(ZH["done"])
     await citizen.send("张三")
     [saved, question] = await citizen.share_contact("+86 139 1234 5678")
@@ -290,12 +285,7 @@ async def test_english_labels_typed_at_a_chinese_prompt_are_understood(app: App)
 
 async def test_attachments_photos_documents_and_an_album(app: App) -> None:
     citizen = app.sim.citizen()
-    await to_title(citizen)
-    for answer in ("标题", "诉求", "事实", "理由"):
-        await citizen.send(answer)
-    await citizen.press(ZH["skip"])
-    await citizen.press(ZH["skip"])
-    await citizen.press(ZH["no_litigation"])
+    await to_attachments(citizen)
     [ack] = await citizen.send_photo(caption="工资条")
     assert "1/10" in ack
     [ack] = await citizen.send_document(name="合同.pdf")
@@ -319,12 +309,7 @@ async def test_attachments_photos_documents_and_an_album(app: App) -> None:
 
 async def test_restart_keeps_attachments_already_sent(app: App) -> None:
     citizen = app.sim.citizen()
-    await to_title(citizen)
-    for answer in ("标题", "诉求", "事实", "理由"):
-        await citizen.send(answer)
-    await citizen.press(ZH["skip"])
-    await citizen.press(ZH["skip"])
-    await citizen.press(ZH["no_litigation"])
+    await to_attachments(citizen)
     await citizen.send_photo()
     restarted = app.restart().sim.citizen(citizen.user.id)
     [ack] = await restarted.send_photo()

@@ -17,9 +17,10 @@ from bot.routers.citizen import PrivateChat, relay_content
 from dialogs.bureau import BureauConfig
 from dialogs.errors import InputError
 from dialogs.i18n import t
-from handoff.followup import TERMINAL_VALUES, FollowUpService, View
+from handoff.followup import FollowUpService, View
 from handoff.relay import RelayService
 from handoff.staff import parse_arg
+from state_machine.case import TERMINAL_VALUES
 from storage.models import Attachment, Case, CitizenSession
 
 AWAITING_STATUS = "status"
