@@ -119,6 +119,30 @@ class FakeBotAPI:
     def to_chat(self, chat_id: int) -> list[Sent]:
         return [s for s in self.sent if s.method == "sendMessage" and s.chat_id == chat_id]
 
+    def replies_to(self, chat_id: int) -> list[Sent]:
+        """The chat's messages with crash resends folded: a reply that went out just
+        before a kill -9, and before its delivery was recorded, is sent once more
+        after the restart (at least once, never lost). A resend is the same
+        message right after itself."""
+        folded: list[Sent] = []
+        for sent in self.to_chat(chat_id):
+            if not folded or folded[-1].params != sent.params:
+                folded.append(sent)
+        return folded
+
+    def resends_to(self, chat_id: int) -> int:
+        return len(self.to_chat(chat_id)) - len(self.replies_to(chat_id))
+
+    async def wait_for_replies(self, chat_id: int, count: int, limit: float = 20.0) -> list[Sent]:
+        """Like ``wait_for``, counting a crash resend once."""
+        deadline = time.monotonic() + limit
+        while len(self.replies_to(chat_id)) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chat {chat_id} got {len(self.replies_to(chat_id))} replies, wanted {count}: "
+                                   f"{[s.text[:60] for s in self.to_chat(chat_id)]}")
+            await asyncio.sleep(0.02)
+        return self.replies_to(chat_id)
+
     async def wait_for(self, chat_id: int, count: int, limit: float = 20.0) -> list[Sent]:
         """Wait until the chat has received at least ``count`` messages in all."""
         deadline = time.monotonic() + limit

@@ -214,16 +214,17 @@ async def test_kill_9_mid_dialog_then_restart_the_conversation_continues_with_th
 
     _push(api, CITIZEN, "text", "教育")  # sent while the bot is down
     await bot.start()
-    messages = await api.wait_for(CITIZEN, 4)
+    messages = await api.wait_for_replies(CITIZEN, 4)
     assert "更具体的分类" in messages[3].text
     _push(api, CITIZEN, "cb", "subcategory:~skip")
-    messages = await api.wait_for(CITIZEN, 5)
+    messages = await api.wait_for_replies(CITIZEN, 5)
     assert "问题发生在哪里" in messages[4].text
     row = await _citizen_row(sessionmaker, CITIZEN)
     assert row is not None and row.state == Step.LOCATION
     assert row.data["answers"]["matter_class"] == "suggestion" and row.data["answers"]["category"]
     assert await bot.stop() == 0
-    assert len(api.to_chat(CITIZEN)) == 5, "an update was answered twice"
+    assert len(api.replies_to(CITIZEN)) == 5, "an update was answered twice"
+    assert api.resends_to(CITIZEN) <= 1, "only the reply the kill interrupted may be sent again"
     assert "Traceback" not in bot.log_text()
 
 
