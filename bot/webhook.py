@@ -8,9 +8,13 @@
 * Several worker processes may share one PostgreSQL database behind a load
   balancer: each update has effect once (the update id is claimed in the same
   transaction as its effects), and one citizen's updates are never handled at
-  the same time (the citizen's row is locked, ``SELECT … FOR UPDATE``). Telegram
-  may deliver updates concurrently (up to ``PETITION_WEBHOOK_MAX_CONNECTIONS``);
-  set it to 1 where strict arrival order per chat matters more than throughput.
+  the same time (the citizen's row is locked, ``SELECT … FOR UPDATE``).
+* Order: Telegram opens at most ``PETITION_WEBHOOK_MAX_CONNECTIONS`` connections
+  (default 1). With one, it sends the next update only after this one was
+  answered, so every chat's updates run in the order they were sent, whichever
+  worker gets them. More connections buy throughput, but two messages of one
+  chat sent a moment apart may then race on two connections and be handled in
+  either order (each still once, never at the same time).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bot.app import (
     create_maintenance,
     create_outbox_worker,
     open_database,
+    record_sent_replies,
     set_commands,
     telegram_bot,
 )
@@ -68,11 +73,12 @@ async def run_webhook(settings: Settings, bureau: BureauConfig, *, set_webhook: 
         log.info("webhook for @%s on %s:%s%s", me.username, settings.webhook_host, settings.webhook_port,
                  settings.webhook_path)
         background = [asyncio.create_task(create_outbox_worker(dp, sessionmaker, bot).run(stop)),
-                      asyncio.create_task(create_maintenance(dp, sessionmaker).run(stop))]
+                      asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
         await stop.wait()
         # Stop taking requests first; requests in flight finish (aiohttp waits for them).
         await runner.cleanup()
         await asyncio.gather(*background)
+        await record_sent_replies(dp)
         return 0
     except TelegramUnauthorizedError:
         log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")

@@ -54,6 +54,8 @@ class FakeBotAPI:
     pending: list[dict[str, Any]] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    #: The parameters of the latest call of each method.
+    last_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     confirmed_up_to: int = 0
     _news: asyncio.Event = field(default_factory=asyncio.Event)
     _update_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -161,6 +163,7 @@ class FakeBotAPI:
         method = request.match_info["method"]
         params = dict(await request.post())
         self.calls.append(method)
+        self.last_params[method] = params
         if method == "getUpdates" and self.conflict:
             return web.json_response({"ok": False, "error_code": 409, "description":
                                       "Conflict: terminated by other getUpdates request; "

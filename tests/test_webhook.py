@@ -66,6 +66,9 @@ async def test_webhook_checks_the_secret_and_handles_each_update_once(api: FakeB
     try:
         await _wait_for_port(port)
         assert "setWebhook" in api.calls
+        # One connection by default: Telegram then sends the next update only after
+        # this one was answered, so one chat's updates arrive and run in order.
+        assert api.last_params["setWebhook"]["max_connections"] == "1"
         url = f"http://127.0.0.1:{port}/telegram"
         async with aiohttp.ClientSession() as http:
             async with http.post(url, json=_update(1, "/start")) as missing:
