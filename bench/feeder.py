@@ -9,9 +9,10 @@ updates in order, chats concurrently); only when the whole batch is done does
 it fetch the next one. A person whose update finished early is therefore
 queued ahead of one who finished late.
 
-Latency of an update is the time from the start of ``dp.feed_update`` for it
-to its return, i.e. from the moment polling hands it to the dispatcher until it
-is committed and its replies are sent.
+Latency of an update is the time from the moment polling hands its batch over
+until the update is committed and its replies are sent (``process_batch``'s
+``done``). The whole batch is one transaction (group commit), so every update
+of a batch waits for the batch's commit.
 """
 
 from __future__ import annotations
@@ -98,21 +99,6 @@ class FeedResult:
         return self.updates / self.seconds if self.seconds else 0.0
 
 
-class _TimedDispatcher:
-    """Stands in for the dispatcher in ``process_batch``: times each update, records completion order."""
-
-    def __init__(self, dp: Dispatcher) -> None:
-        self.dp = dp
-        self.done: list[tuple[int, float]] = []  # (update_id, seconds) in completion order
-
-    async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return await self.dp.feed_update(bot, update, **kwargs)
-        finally:
-            self.done.append((update.update_id, time.perf_counter() - start))
-
-
 async def run_closed_loop(dp: Dispatcher, bot: Bot, scripts: list[Script], *,
                           poll_limit: int = POLL_LIMIT) -> FeedResult:
     """Run every script to its end; see the module docstring for the model."""
@@ -122,15 +108,20 @@ async def run_closed_loop(dp: Dispatcher, bot: Bot, scripts: list[Script], *,
         step = next(script, None)
         if step is not None:
             pending.append((script, step))
-    timed = _TimedDispatcher(dp)
     started = time.perf_counter()
+    done: list[tuple[int, float]] = []  # (update id, seconds since the batch was handed over)
     while pending:
         batch = [pending.popleft() for _ in range(min(poll_limit, len(pending)))]
         owners = {step.update.update_id: (script, step) for script, step in batch}
-        timed.done.clear()
-        await process_batch(timed, bot, [step.update for _, step in batch])  # type: ignore[arg-type]
+        done.clear()
+        handed = time.perf_counter()
+
+        def finished(update_id: int, handed: float = handed) -> None:
+            done.append((update_id, time.perf_counter() - handed))
+
+        await process_batch(dp, bot, [step.update for _, step in batch], done=finished)
         result.batches += 1
-        for update_id, seconds in timed.done:
+        for update_id, seconds in done:
             script, step = owners.pop(update_id)
             result.updates += 1
             result.latencies.append(seconds)

@@ -3,6 +3,8 @@ tests all call :func:`create_dispatcher`."""
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from pathlib import Path
 
 from aiogram import Bot, Dispatcher
@@ -36,6 +38,8 @@ from handoff.relay import RelayService
 from handoff.staff import StaffService
 from storage import crypto
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
+
+log = logging.getLogger(__name__)
 
 #: Updates the bot asks Telegram for (others are never delivered).
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
@@ -87,7 +91,9 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
         outbox_wakeup=wakeup,
     )
     flood = FloodGate(settings.flood_limit, settings.flood_window_seconds)
-    dp.update.outer_middleware(UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood))
+    pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood)
+    dp.update.outer_middleware(pipeline)
+    dp["pipeline"] = pipeline  # polling hands it whole batches (group commit)
     dp.include_router(build_followup_router())
     dp.include_router(build_citizen_router())
     chats = staff_chat_ids(settings, bureau)
@@ -97,11 +103,25 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
 
 
 def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession],
-                       clock: Clock = utcnow) -> Maintenance:
-    """Expiring ratings and windows, pruning dedupe records (started by ``run`` and ``chat``)."""
+                       clock: Clock = utcnow, bot: Bot | None = None) -> Maintenance:
+    """Expiring ratings and windows, pruning dedupe records, and (given the bot)
+    sending again replies Telegram did not take (started by ``run`` and ``chat``)."""
     settings: Settings = dp["settings"]
-    return Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"],
-                       retention_days=settings.retention_days)
+    maintenance = Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"],
+                              retention_days=settings.retention_days)
+    if bot is not None:
+        pipeline: UpdatePipeline = dp["pipeline"]
+        maintenance.jobs.append(partial(pipeline.resend_unsent, bot))
+    return maintenance
+
+
+async def record_sent_replies(dp: Dispatcher) -> None:
+    """On the way out: write which replies went out, so none is sent again."""
+    pipeline: UpdatePipeline = dp["pipeline"]
+    try:
+        await pipeline.record_sent()
+    except Exception as exc:  # at worst a few replies are sent once more later
+        log.warning("could not record the last sent replies: %s", exc)
 
 
 def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,

@@ -93,7 +93,7 @@ async def run_chat(settings: Settings, bureau: BureauConfig, *, user_id: int, la
     # No Telegram here, so no rate limits to respect: deliver at once, in order.
     worker = create_outbox_worker(dp, sessionmaker, bot, pacer=Pacer(
         per_chat_interval=1e-6, group_per_minute=10**9, global_per_second=10**9, safety=0.0))
-    maintenance = create_maintenance(dp, sessionmaker)
+    maintenance = create_maintenance(dp, sessionmaker, bot=bot)
     await maintenance.tick()
     sim = Simulator(dp, bot, telegram)
     # Continue the numbering of earlier runs so update ids are never reused.

@@ -19,15 +19,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from aiogram import BaseMiddleware, Bot
-from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
+from aiogram import BaseMiddleware, Bot, Dispatcher
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from aiogram.types import (
     CallbackQuery,
     ForceReply,
@@ -45,11 +53,22 @@ from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
 from handoff.outbox import Wakeup
 from storage.models import CitizenSession
-from storage.repositories import citizen_session, claim_update, mark_delivered, store_replies, unsent_replies
+from storage.repositories import (
+    citizen_session,
+    claim_unsent,
+    claim_update,
+    mark_delivered,
+    store_replies,
+    unsent_replies,
+)
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+#: Replies still unsent this long after their commit are sent again by the
+#: maintenance tick: longer than any retry of the update's own attempt.
+RESEND_AFTER = timedelta(minutes=5)
 
 
 class KeyedLocks:
@@ -172,30 +191,55 @@ class Responder:
         else:
             self.elsewhere.append((chat_id, OutMessage(text, markup)))
 
-    async def flush(self, bot: Bot) -> bool:
-        """Send everything; True when every message went out."""
+    async def flush(self, bot: Bot) -> Responder | None:
+        """Send everything; what could not be sent yet, or None.
+
+        A message Telegram refuses for good (the citizen blocked the bot, the chat
+        is gone) is dropped with a warning; a timeout, network or server error
+        that outlasts the retries leaves the message in the remainder, which the
+        pipeline keeps with the update and sends again later.
+        """
         if self.callback is not None:
             try:
                 await self.callback.answer(self.callback_text)
             except TelegramAPIError as exc:  # a stale query must not block the replies
                 log.warning("callback answer failed: %s", exc)
-        sends: list[tuple[int, Callable[[], Awaitable[Any]]]] = []
+        left = Responder(self.chat_id, self.locale)
         if self.chat_id is not None:
             chat = self.chat_id
-            sends += [(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup)) for m in self.messages]
-            sends += [(chat, partial(bot.send_photo if kind == "photo" else bot.send_document, chat, file_id,
-                                     caption=caption)) for kind, file_id, caption in self.files]
-        sends += [(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup))
-                  for chat, m in self.elsewhere]
-        complete = True
-        for chat, send in sends:
-            try:
-                await _send(send)
-            except (TimeoutError, TelegramAPIError) as exc:
-                # The update's effects are committed: one lost reply must not stop the others.
-                log.warning("could not write to chat %s: %s", chat, exc)
-                complete = False
-        return complete
+            for m in self.messages:
+                if not await _deliver(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup)):
+                    left.messages.append(m)
+            for item in self.files:
+                kind, file_id, caption = item
+                send = bot.send_photo if kind == "photo" else bot.send_document
+                if not await _deliver(chat, partial(send, chat, file_id, caption=caption)):
+                    left.files.append(item)
+        for chat, m in self.elsewhere:
+            if not await _deliver(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup)):
+                left.elsewhere.append((chat, m))
+        return left if left.has_messages() else None
+
+
+#: Refusals that another try would only repeat.
+_REFUSED_FOR_GOOD = (TelegramForbiddenError, TelegramBadRequest, TelegramNotFound)
+
+
+async def _deliver(chat: int, send: Callable[[], Awaitable[Any]]) -> bool:
+    """One message: True when it went out or was refused for good."""
+    try:
+        await _send(send)
+    except _REFUSED_FOR_GOOD as exc:
+        log.warning("chat %s refused a reply (%s); dropped", chat, exc)
+    except (TimeoutError, TelegramAPIError) as exc:
+        # The update's effects are committed: one failed reply must not stop the others.
+        log.warning("could not write to chat %s (%s); kept to send again", chat, exc)
+        return False
+    return True
+
+
+#: The first back-off of a failed reply, doubled at each retry (0.5 + 1 + 2 s).
+RETRY_BACKOFF = 0.5
 
 
 async def _send(send: Callable[[], Awaitable[Any]], attempts: int = 4) -> None:
@@ -213,7 +257,7 @@ async def _send(send: Callable[[], Awaitable[Any]], attempts: int = 4) -> None:
         except (TimeoutError, TelegramNetworkError, TelegramServerError):
             if last:
                 raise
-            await asyncio.sleep(0.5 * 2 ** attempt)
+            await asyncio.sleep(RETRY_BACKOFF * 2 ** attempt)
 
 
 def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:
@@ -228,6 +272,44 @@ def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, 
         chat_type = message.chat.type if message is not None else "private"
         return chat_id, event.from_user.id, chat_type, event.from_user.language_code
     return None, None, None, None
+
+
+class Group:
+    """Several updates in one transaction (group commit): one commit, one fsync,
+    for a whole polling batch; their replies go out after it."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        #: (update id, what it sends), in processing order.
+        self.replies: list[tuple[int, Responder]] = []
+        #: Flood-gate decisions, so that redoing the batch does not count twice.
+        self.admitted: dict[int, bool | None] = {}
+        #: Delivery marks written in this transaction (made again if it rolls back).
+        self.marking: set[int] = set()
+
+
+Done = Callable[[int], None]
+
+
+async def feed_each(dispatcher: Dispatcher, bot: Bot, updates: Sequence[Update], done: Done | None = None,
+                    admitted: dict[int, bool | None] | None = None) -> None:
+    """Each update on its own (its own transaction, with the pipeline): each
+    chat's in order, chats at once. ``admitted`` carries flood-gate decisions
+    already taken for these updates."""
+    by_chat: dict[int | None, list[Update]] = defaultdict(list)
+    for update in updates:
+        by_chat[_chat_and_user(update)[0]].append(update)
+
+    async def one_chat(chat_updates: list[Update]) -> None:
+        for update in chat_updates:
+            try:
+                await dispatcher.feed_update(bot, update, flood_admitted=admitted or {})
+            except Exception:  # the pipeline already rolled back; keep the batch going
+                log.exception("update %s raised after its transaction", update.update_id)
+            if done is not None:
+                done(update.update_id)
+
+    await asyncio.gather(*(one_chat(chat_updates) for chat_updates in by_chat.values()))
 
 
 class UpdatePipeline(BaseMiddleware):
@@ -248,13 +330,18 @@ class UpdatePipeline(BaseMiddleware):
                        event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Update)
         bot: Bot = data["bot"]
+        group: Group | None = data.get("update_group")
+        decided: dict[int, bool | None] = data.get("flood_admitted") or {}
         chat_id, user_id, chat_type, language = _chat_and_user(event)
         if self.flood is not None and chat_type == "private" and user_id is not None:
-            admitted = self.flood.admit(user_id)
+            redo = event.update_id in decided
+            admitted = decided[event.update_id] if redo else self.flood.admit(user_id)
+            if group is not None:
+                group.admitted[event.update_id] = admitted
             if not admitted:
                 # Dropped, not processed: the citizen is told (once a window) to slow down.
                 log.info("flood control: update %s from %s dropped", event.update_id, user_id)
-                if admitted is False and chat_id is not None:
+                if admitted is False and chat_id is not None and not redo:
                     locale = normalize_locale(language) if language else self.default_locale
                     with contextlib.suppress(TelegramAPIError):
                         await bot.send_message(chat_id, t(locale, "flood", seconds=int(self.flood.window)))
@@ -263,6 +350,13 @@ class UpdatePipeline(BaseMiddleware):
         async with self.locks.hold(key):
             responder = Responder(chat_id, self.default_locale)
             data["responder"] = responder
+            if group is not None:
+                # No rollback of one update alone here: a failure aborts the group,
+                # which run_batch then redoes update by update.
+                result = await self._handle(group.session, handler, event, data, responder, self.clock(),
+                                            chat_id, user_id, chat_type, language)
+                group.replies.append((event.update_id, data.get("responder", responder)))
+                return result
             try:
                 result = await self._in_transaction(handler, event, data, responder,
                                                     chat_id, user_id, chat_type, language)
@@ -272,8 +366,7 @@ class UpdatePipeline(BaseMiddleware):
                 await self._apologise(bot, chat_id, chat_type, responder.locale)
                 return None
             responder = data.get("responder", responder)  # a replay may bring the stored replies
-            if await responder.flush(bot) and responder.has_messages():
-                self.sent.add(event.update_id)
+            await self._flush(bot, event.update_id, responder)
             return result
 
     async def _in_transaction(self, handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
@@ -282,54 +375,149 @@ class UpdatePipeline(BaseMiddleware):
                               language: str | None) -> Any:
         now = self.clock()
         async with self.sessionmaker() as session:
-            result = await self._handle(session, handler, event, data, responder, now,
-                                        chat_id, user_id, chat_type, language)
-            if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
-                self.wakeup.set()
+            async with session.begin():
+                data["_marking"] = await self._mark_sent(session)
+                result = await self._handle(session, handler, event, data, responder, now,
+                                            chat_id, user_id, chat_type, language)
+            self._wake(session)
             return result
+
+    def _wake(self, session: AsyncSession) -> None:
+        if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
+            self.wakeup.set()
+
+    async def run_batch(self, dispatcher: Dispatcher, bot: Bot, updates: Sequence[Update],
+                        done: Done | None = None) -> None:
+        """A polling batch: every update in one transaction (group commit), in
+        arrival order, then the replies, each chat's in order and chats at once.
+
+        One commit instead of one per update is most of the cost of a durable
+        step. If anything fails, the whole transaction rolls back and the batch
+        is redone update by update, each in its own transaction, so one bad
+        update costs only itself.
+        """
+        if len(updates) < 2:
+            await feed_each(dispatcher, bot, updates, done)
+            return
+        group: Group | None = None
+        try:
+            async with self.sessionmaker() as session:
+                async with session.begin():
+                    group = Group(session)
+                    group.marking = await self._mark_sent(session, force=True)
+                    for update in updates:
+                        await dispatcher.feed_update(bot, update, update_group=group)
+                self._wake(session)
+        except Exception:
+            log.exception("a batch of %d updates failed as one transaction; redoing them one by one",
+                          len(updates))
+            admitted = group.admitted if group is not None else {}
+            if group is not None:
+                self.sent |= group.marking
+            await feed_each(dispatcher, bot, updates, done, admitted=admitted)
+            return
+        await self._flush_group(bot, group, done)
+        if done is not None:  # updates that sent nothing (dropped by the flood gate, replays)
+            answered = {update_id for update_id, _ in group.replies}
+            for update in updates:
+                if update.update_id not in answered:
+                    done(update.update_id)
+
+    async def _flush_group(self, bot: Bot, group: Group, done: Done | None) -> None:
+        by_chat: dict[int | None, list[tuple[int, Responder]]] = defaultdict(list)
+        for update_id, responder in group.replies:
+            by_chat[responder.chat_id].append((update_id, responder))
+
+        async def one_chat(items: list[tuple[int, Responder]]) -> None:
+            for update_id, responder in items:
+                await self._flush(bot, update_id, responder)
+                if done is not None:
+                    done(update_id)
+
+        await asyncio.gather(*(one_chat(items) for items in by_chat.values()))
 
     async def _handle(self, session: AsyncSession,
                       handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
                       event: Update, data: dict[str, Any], responder: Responder, now: datetime,
                       chat_id: int | None, user_id: int | None, chat_type: str | None,
                       language: str | None) -> Any:
-        async with session.begin():
-            data["_marking"] = await self._mark_sent(session)
-            if not await claim_update(session, event.update_id, now):
-                log.info("update %s already processed; skipped", event.update_id)
-                if event.update_id not in self.sent:
-                    stored = await unsent_replies(session, event.update_id)
-                    if stored:
-                        # Committed before a crash, its replies never went out: send them now.
-                        log.info("update %s: sending the replies a crash interrupted", event.update_id)
-                        data["responder"] = Responder.load(stored, responder.locale)
+        """One update's work inside an open transaction."""
+        if not await claim_update(session, event.update_id, now):
+            log.info("update %s already processed; skipped", event.update_id)
+            if event.update_id not in self.sent:
+                stored = await unsent_replies(session, event.update_id)
+                if stored:
+                    # Committed before a crash, its replies never went out: send them now.
+                    log.info("update %s: sending the replies a crash interrupted", event.update_id)
+                    data["responder"] = Responder.load(stored, responder.locale)
+            return None
+        data["session"] = session
+        data["now"] = now
+        if chat_type == "private" and user_id is not None and chat_id is not None:
+            citizen = await citizen_session(session, user_id, lock=True)
+            if citizen is None:
+                locale = normalize_locale(language) if language else self.default_locale
+                citizen = CitizenSession(user_id=user_id, chat_id=chat_id, locale=locale,
+                                         state=None, data={}, awaiting=None, extra={}, banned=False,
+                                         updated_at=now)
+                session.add(citizen)
+            else:
+                citizen.updated_at = now
+            data["citizen"] = citizen
+            responder.locale = citizen.locale
+            if citizen.banned:
+                log.info("update %s from banned user %s ignored", event.update_id, user_id)
+                responder.say("banned")
                 return None
-            data["session"] = session
-            data["now"] = now
-            if chat_type == "private" and user_id is not None and chat_id is not None:
-                citizen = await citizen_session(session, user_id, lock=True)
-                if citizen is None:
-                    locale = normalize_locale(language) if language else self.default_locale
-                    citizen = CitizenSession(user_id=user_id, chat_id=chat_id, locale=locale,
-                                             state=None, data={}, awaiting=None, extra={}, banned=False,
-                                             updated_at=now)
-                    session.add(citizen)
-                else:
-                    citizen.updated_at = now
-                data["citizen"] = citizen
-                responder.locale = citizen.locale
-                if citizen.banned:
-                    log.info("update %s from banned user %s ignored", event.update_id, user_id)
-                    responder.say("banned")
-                    return None
-            result = await handler(event, data)
-            if responder.has_messages():
-                await store_replies(session, event.update_id, responder.dump())
-            return result
+        result = await handler(event, data)
+        if responder.has_messages():
+            await store_replies(session, event.update_id, responder.dump())
+        return result
 
-    async def _mark_sent(self, session: AsyncSession) -> set[int]:
+    async def _flush(self, bot: Bot, update_id: int, responder: Responder) -> None:
+        """Send an update's committed replies; keep what could not be sent."""
+        if not responder.has_messages():
+            return
+        left = await responder.flush(bot)
+        if left is None:
+            self.sent.add(update_id)
+            return
+        try:  # rare: only after the retries failed
+            async with self.sessionmaker() as session, session.begin():
+                await store_replies(session, update_id, left.dump())
+        except Exception:  # the full set stays stored: sent again, some twice, none lost
+            log.exception("could not keep the unsent replies of update %s", update_id)
+
+    async def record_sent(self) -> None:
+        """Write the pending delivery marks now (the maintenance tick and shutdown call it)."""
+        if not self.sent:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            await self._mark_sent(session, force=True)
+
+    async def resend_unsent(self, bot: Bot, now: datetime, older_than: timedelta = RESEND_AFTER,
+                            limit: int = 100) -> int:
+        """Send again the replies of updates committed at least ``older_than`` ago
+        that never went out (Telegram unreachable for longer than the retries, a
+        crash after the commit with the update already confirmed). Each is
+        leased by moving its time forward, so two workers never send one twice
+        and a failure waits ``older_than`` again. Returns how many went out."""
+        await self.record_sent()  # never resend what this process already sent
+        async with self.sessionmaker() as session, session.begin():
+            stale = await claim_unsent(session, now - older_than, now, limit)
+        sent = 0
+        for update_id, stored in stale:
+            responder = Responder.load(stored, self.default_locale)
+            await self._flush(bot, update_id, responder)
+            sent += update_id in self.sent
+        if stale:
+            log.info("resent the replies of %s updates (%s still waiting)", sent, len(stale) - sent)
+        await self.record_sent()
+        return sent
+
+    async def _mark_sent(self, session: AsyncSession, force: bool = False) -> set[int]:
         """Record, in this transaction, the replies sent since the last time (batched)."""
-        if not self.sent or (len(self.sent) < 100 and time.monotonic() - self._marked_at < 1.0):
+        if not self.sent or (not force and len(self.sent) < 100 and time.monotonic() - self._marked_at < 1.0):
             return set()
         batch, self.sent = self.sent, set()
         self._marked_at = time.monotonic()

@@ -15,8 +15,7 @@ import contextlib
 import logging
 import random
 import signal
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from aiogram import Bot, Dispatcher
@@ -35,9 +34,11 @@ from bot.app import (
     create_maintenance,
     create_outbox_worker,
     open_database,
+    record_sent_replies,
     set_commands,
     telegram_bot,
 )
+from bot.middlewares import UpdatePipeline, feed_each
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from handoff.deadlines import BUREAU_TZ, calendar_warning
@@ -47,31 +48,17 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0
 
 
-def chat_key(update: Update) -> int:
-    if update.message is not None:
-        return update.message.chat.id
-    if update.edited_message is not None:
-        return update.edited_message.chat.id
-    if update.callback_query is not None:
-        query = update.callback_query
-        return query.message.chat.id if query.message is not None else query.from_user.id
-    return 0
-
-
-async def process_batch(dp: Dispatcher, bot: Bot, updates: Sequence[Update]) -> None:
-    """Every update of the batch, each chat's in order, chats concurrently."""
-    by_chat: dict[int, list[Update]] = defaultdict(list)
-    for update in updates:
-        by_chat[chat_key(update)].append(update)
-
-    async def one_chat(chat_updates: list[Update]) -> None:
-        for update in chat_updates:
-            try:
-                await dp.feed_update(bot, update)
-            except Exception:  # the pipeline already rolled back; keep the batch going
-                log.exception("update %s raised after its transaction", update.update_id)
-
-    await asyncio.gather(*(one_chat(group) for group in by_chat.values()))
+async def process_batch(dp: Dispatcher, bot: Bot, updates: Sequence[Update],
+                        done: Callable[[int], None] | None = None) -> None:
+    """Every update of a batch: in one transaction when the dispatcher has the
+    product's pipeline (group commit, see ``UpdatePipeline.run_batch``), else
+    each on its own; each chat's in order. ``done`` is told each update id once
+    its replies are sent."""
+    pipeline: UpdatePipeline | None = dp.workflow_data.get("pipeline")
+    if pipeline is None:
+        await feed_each(dp, bot, updates, done)
+    else:
+        await pipeline.run_batch(dp, bot, updates, done)
 
 
 class Poller:
@@ -159,12 +146,13 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
         await set_commands(bot, settings.default_locale)
         worker = create_outbox_worker(dp, sessionmaker, bot)
         background = [asyncio.create_task(worker.run(stop)),
-                      asyncio.create_task(create_maintenance(dp, sessionmaker).run(stop))]
+                      asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
         try:
             return await Poller(dp, bot, settings.polling_timeout).run(stop)
         finally:
             stop.set()
             await asyncio.gather(*background)
+            await record_sent_replies(dp)
     except TelegramUnauthorizedError:
         log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")
         return 2

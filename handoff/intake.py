@@ -9,7 +9,6 @@ together, with the update id.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -21,11 +20,13 @@ from dialogs.conversation import Conversation
 from dialogs.engine import IntakeEngine, Submission
 from dialogs.i18n import t
 from dialogs.messages import Input, Reply
-from dialogs.tracking import hash_query_code, new_query_code, new_tracking_number
+from dialogs.tracking import new_tracking_number
 from handoff.clocks import Clocks
+from handoff.codes import QueryCodes
 from handoff.outbox import PRIORITY_URGENT, enqueue
 from handoff.relay import RelayService
 from state_machine.case import TERMINAL_VALUES
+from state_machine.intake import Step
 from storage.crypto import lookup_hash
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository
@@ -38,8 +39,10 @@ _NUMBER_ATTEMPTS = 8
 
 class IntakeService:
     def __init__(self, engine: IntakeEngine, clocks: Clocks, relay: RelayService,
-                 staff_chat_id: int | None = None, staff_locale: str = "zh") -> None:
+                 staff_chat_id: int | None = None, staff_locale: str = "zh",
+                 codes: QueryCodes | None = None) -> None:
         self.engine = engine
+        self.codes = codes if codes is not None else QueryCodes()
         self.bureau = engine.bureau
         self.clocks = clocks
         self.relay = relay
@@ -92,6 +95,8 @@ class IntakeService:
             tracking, code = await self._submit(session, citizen, sub, now)
             replies.append(Reply.text("submitted.receipt", tracking=tracking, code=code))
             log.info("case %s submitted", tracking)
+        elif outcome.conversation is not None and outcome.conversation.state == Step.SUMMARY:
+            self.codes.expect()  # its confirm will take a code made meanwhile
         self._store(citizen, outcome.conversation)
         return replies
 
@@ -126,8 +131,7 @@ class IntakeService:
                 break
         else:  # pragma: no cover - astronomically unlikely
             raise RuntimeError("could not allocate a free tracking number")
-        code = new_query_code()
-        code_hash = await asyncio.to_thread(hash_query_code, code)  # ~15 ms of scrypt, off the event loop
+        code, code_hash = await self.codes.take()  # made ahead: scrypt costs ~15 ms
         a = sub.answers
         case = Case(
             tracking_number=tracking, query_code_hash=code_hash, status="submitted",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, text, update
@@ -40,6 +40,9 @@ class Maintenance:
     clocks: Clocks | None = None
     #: Erase personal data of cases ended this many days ago (0: never), once a day.
     retention_days: int = 0
+    #: More work for each tick, after its transaction, each failing on its own
+    #: (the bot adds sending again the replies Telegram did not take).
+    jobs: list[Callable[[datetime], Awaitable[object]]] = field(default_factory=list)
     _last_purge: datetime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -71,6 +74,11 @@ class Maintenance:
                 self.wakeup.set()
         if expired or closed:
             log.info("maintenance: %s rating invitations expired, %s windows closed", expired, closed)
+        for job in self.jobs:
+            try:
+                await job(now)
+            except Exception:  # the next tick retries
+                log.exception("maintenance job failed")
 
     async def _expire_ratings(self, session: AsyncSession, now: datetime) -> int:
         result = await session.execute(update(Rating).where(Rating.status == "invited", Rating.expires_at <= now)

@@ -8,7 +8,7 @@ from datetime import datetime
 from difflib import SequenceMatcher
 from typing import Any
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,26 @@ from storage.models import Attachment, Case, CaseEvent, CitizenSession, Processe
 CLOSED_STATUSES = ("final", "closed", "duplicate", "not_reaccepted", "withdrawn")
 
 
+# The hot path's statements, built once (building a statement costs more than
+# running it). Core statements on the table: the ORM adds nothing here.
+_UPDATES: Table = ProcessedUpdate.__table__  # type: ignore[assignment]
+_CLAIM = {
+    dialect: insert(_UPDATES).values(update_id=bindparam("update_id"), processed_at=bindparam("now"))
+    .on_conflict_do_nothing(index_elements=["update_id"])
+    for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_STORE_REPLIES = (update(_UPDATES).where(_UPDATES.c.update_id == bindparam("id"))
+                  .values(replies=bindparam("replies"), delivered=False))
+_UNSENT_REPLIES = (select(_UPDATES.c.replies, _UPDATES.c.delivered)
+                   .where(_UPDATES.c.update_id == bindparam("update_id")))
+_CITIZEN = select(CitizenSession).where(CitizenSession.user_id == bindparam("user_id"))
+_CITIZEN_LOCKED = _CITIZEN.with_for_update()
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind else "sqlite"
+
+
 async def claim_update(session: AsyncSession, update_id: int, now: datetime) -> bool:
     """Record ``update_id`` as processed in this transaction; False if it already was.
 
@@ -27,30 +47,42 @@ async def claim_update(session: AsyncSession, update_id: int, now: datetime) -> 
     the update's effects, so a crash before the commit replays the update and a
     duplicate delivery after it is skipped.
     """
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(ProcessedUpdate).values(update_id=update_id, processed_at=now)
-    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["update_id"]))
+    result = await session.execute(_CLAIM[_dialect(session)], {"update_id": update_id, "now": now})
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def store_replies(session: AsyncSession, update_id: int, replies: dict[str, Any]) -> None:
     """Keep an update's replies with it until they are known to be sent."""
-    await session.execute(update(ProcessedUpdate).where(ProcessedUpdate.update_id == update_id)
-                          .values(replies=replies, delivered=False))
+    await session.execute(_STORE_REPLIES, {"id": update_id, "replies": replies})
 
 
 async def unsent_replies(session: AsyncSession, update_id: int) -> dict[str, Any] | None:
-    row = (await session.execute(select(ProcessedUpdate.replies, ProcessedUpdate.delivered)
-                                 .where(ProcessedUpdate.update_id == update_id))).one_or_none()
+    row = (await session.execute(_UNSENT_REPLIES, {"update_id": update_id})).one_or_none()
     return row.replies if row is not None and not row.delivered else None
 
 
 async def mark_delivered(session: AsyncSession, update_ids: Iterable[int]) -> None:
     ids = list(update_ids)
     if ids:
-        await session.execute(update(ProcessedUpdate).where(ProcessedUpdate.update_id.in_(ids))
+        await session.execute(update(_UPDATES).where(_UPDATES.c.update_id.in_(ids))
                               .values(delivered=True, replies=None))
+
+
+async def claim_unsent(session: AsyncSession, before: datetime, now: datetime,
+                       limit: int) -> list[tuple[int, dict[str, Any]]]:
+    """Updates committed before ``before`` whose replies are still unsent, leased
+    by setting their time to ``now`` (rows another worker holds are skipped)."""
+    stmt = (select(_UPDATES.c.update_id, _UPDATES.c.replies)
+            .where(_UPDATES.c.delivered.is_(False), _UPDATES.c.replies.is_not(None),
+                   _UPDATES.c.processed_at < before)
+            .order_by(_UPDATES.c.update_id).limit(limit))
+    if _dialect(session) == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = [(int(r.update_id), r.replies) for r in (await session.execute(stmt)).all()]
+    if rows:
+        await session.execute(update(_UPDATES).where(_UPDATES.c.update_id.in_([r[0] for r in rows]))
+                              .values(processed_at=now))
+    return rows
 
 
 async def forget_updates_before(session: AsyncSession, cutoff: datetime) -> int:
@@ -62,10 +94,8 @@ async def forget_updates_before(session: AsyncSession, cutoff: datetime) -> int:
 async def citizen_session(session: AsyncSession, user_id: int, *, lock: bool) -> CitizenSession | None:
     """The citizen's row; ``lock`` takes a row lock on PostgreSQL so that two
     workers never run one citizen's updates at the same time."""
-    stmt = select(CitizenSession).where(CitizenSession.user_id == user_id)
-    if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    stmt = _CITIZEN_LOCKED if lock and _dialect(session) == "postgresql" else _CITIZEN
+    return (await session.execute(stmt, {"user_id": user_id})).scalar_one_or_none()
 
 
 class CaseRepository:

@@ -156,7 +156,7 @@ def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
     monotonic = Monotonic()
     worker = create_outbox_worker(dp, sessionmaker, bot, clock=clock, pacer=Pacer(clock=monotonic))
     return App(sim, telegram, sessionmaker, clock, settings, bureau, worker, monotonic,
-               create_maintenance(dp, sessionmaker, clock))
+               create_maintenance(dp, sessionmaker, clock, bot=bot))
 
 
 @pytest.fixture

@@ -1,0 +1,70 @@
+"""Query codes made ahead of the confirm.
+
+A query code is stored only as a salted scrypt hash (``dialogs.tracking``),
+and one hash costs about 15 ms of CPU. Computed inside the confirm, it adds
+those 15 ms to the update and, with group commit, to every update of its batch.
+So codes are made ahead, in a worker thread (``hashlib.scrypt`` releases the
+GIL, so the event loop keeps running on the other core): a conversation that
+reaches the summary asks for one, and the confirm takes one that is ready.
+When none is ready the confirm makes its own, off the event loop as before.
+
+The codes waiting here are random and belong to no case; they live only in
+this process's memory, and a restart simply makes new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from dialogs.tracking import hash_query_code, new_query_code
+
+log = logging.getLogger(__name__)
+
+
+def _make() -> tuple[str, str]:
+    code = new_query_code()
+    return code, hash_query_code(code)
+
+
+class QueryCodes:
+    """(code, hash) pairs made ahead, at most ``limit`` of them."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._ready: deque[tuple[str, str]] = deque()
+        #: How many confirms are expected soon (summaries shown, not yet confirmed).
+        self._wanted = 0
+        self._filling: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def expect(self) -> None:
+        """A conversation reached its summary: have a code ready for its confirm."""
+        self._wanted = min(self._wanted + 1, self.limit)
+        self._fill_soon()
+
+    async def take(self) -> tuple[str, str]:
+        """A fresh code and its hash."""
+        self._wanted = max(self._wanted - 1, 0)
+        if self._ready:
+            pair = self._ready.popleft()
+        else:
+            pair = await asyncio.to_thread(_make)
+        self._fill_soon()
+        return pair
+
+    def _fill_soon(self) -> None:
+        if len(self._ready) >= self._wanted:
+            return
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.get_running_loop().create_task(self._fill(), name="query-codes")
+
+    async def _fill(self) -> None:
+        try:
+            while len(self._ready) < self._wanted:
+                self._ready.append(await asyncio.to_thread(_make))
+        except Exception:  # the confirm makes its own; nothing is lost
+            log.exception("making query codes ahead failed")

@@ -1,0 +1,156 @@
+"""Replies are committed with their update and sent after it; what Telegram does
+not take is kept and sent again, what it refuses for good is dropped; a polling
+batch is one transaction (group commit) and a failure in it costs only the
+update that failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiogram.exceptions import TelegramForbiddenError, TelegramNetworkError
+from aiogram.methods import SendMessage, TelegramMethod
+
+from bot import middlewares
+from bot.middlewares import RESEND_AFTER, Responder
+from bot.polling import process_batch
+from bot.simulator import FakeTelegram
+from dialogs.i18n import t
+from handoff.intake import IntakeService
+from state_machine.intake import Step
+from tests.conftest import App
+from tests.flows import to_title
+from tests.test_intake_validation_e2e import stored
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(middlewares, "RETRY_BACKOFF", 0.001)
+
+
+def _unreachable(chat_id: int, times: int = 4) -> list[BaseException]:
+    return [TelegramNetworkError(SendMessage(chat_id=chat_id, text="x"), "Request timeout error")
+            for _ in range(times)]
+
+
+def _request_question(app: App) -> str:
+    return t("zh", "step.request.ask", limit=app.bureau.intake.max_lengths["request"])
+
+
+async def test_a_reply_telegram_did_not_take_is_sent_by_the_maintenance_tick_once(app: App) -> None:
+    citizen = app.sim.citizen()
+    await to_title(citizen)
+    app.telegram.failures.extend(_unreachable(citizen.chat.id))  # longer than the retries
+    mark = len(citizen.received)
+
+    assert await citizen.send("拖欠工资") == []
+    assert (await stored(app, citizen)).state == Step.REQUEST, "the answer is kept all the same"
+
+    await app.maintenance.tick()
+    assert citizen.texts_since(mark) == [], "too soon: the update's own attempt may still be running"
+    app.clock.advance(seconds=RESEND_AFTER.total_seconds() + 1)
+    await app.maintenance.tick()
+    assert citizen.texts_since(mark) == [_request_question(app)]
+
+    app.clock.advance(seconds=RESEND_AFTER.total_seconds() + 1)
+    await app.maintenance.tick()
+    assert citizen.texts_since(mark) == [_request_question(app)], "sent once"
+
+
+async def test_a_reply_sent_in_time_is_never_sent_again_by_the_tick(app: App) -> None:
+    citizen = app.sim.citizen()
+    await to_title(citizen)
+    mark = len(citizen.received)
+    await citizen.send("拖欠工资")
+    app.clock.advance(seconds=RESEND_AFTER.total_seconds() + 1)
+    await app.maintenance.tick()
+    assert citizen.texts_since(mark) == [_request_question(app)]
+
+
+async def test_a_reply_refused_for_good_is_dropped_not_retried(app: App) -> None:
+    citizen = app.sim.citizen()
+    await to_title(citizen)
+    app.telegram.failures.append(TelegramForbiddenError(SendMessage(chat_id=citizen.chat.id, text="x"),
+                                                        "Forbidden: bot was blocked by the user"))
+    mark = len(citizen.received)
+    await citizen.send("拖欠工资")
+    calls = len(app.telegram.calls)
+    app.clock.advance(seconds=RESEND_AFTER.total_seconds() + 1)
+    await app.maintenance.tick()
+    assert citizen.texts_since(mark) == [] and len(app.telegram.calls) == calls
+    assert (await stored(app, citizen)).state == Step.REQUEST
+
+
+class _FailsOn(FakeTelegram):
+    """Fails every send of one text (Telegram unreachable for that request)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    async def make_request(self, bot: Any, method: TelegramMethod[Any], timeout: int | None = None) -> Any:
+        if isinstance(method, SendMessage) and method.text == self.text:
+            raise TelegramNetworkError(method, "Request timeout error")
+        return await super().make_request(bot, method, timeout)
+
+
+async def test_only_the_messages_that_failed_are_kept_to_send_again() -> None:
+    from bot.app import create_bot
+
+    telegram = _FailsOn("second")
+    responder = Responder(77, "zh")
+    responder.send("first")
+    responder.send("second")
+    responder.send("to the staff", chat_id=-100)
+
+    left = await responder.flush(create_bot("1:fake", session=telegram))
+
+    assert [m.text for m in telegram.calls if isinstance(m, SendMessage)] == ["first", "to the staff"]
+    assert left is not None and [m.text for m in left.messages] == ["second"] and left.elsewhere == []
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+
+async def test_a_batch_of_several_citizens_is_committed_and_answered_in_order(app: App) -> None:
+    people = [app.sim.citizen(user_id=2001 + i) for i in range(3)]
+    for person in people:
+        await to_title(person)
+    marks = [len(p.received) for p in people]
+    batch = []
+    for person in people:
+        batch += [person.message_update(text=f"标题{person.user.id}"),
+                  person.message_update(text=f"诉求{person.user.id}")]
+
+    await process_batch(app.sim.dp, app.sim.bot, batch)
+
+    for person, mark in zip(people, marks, strict=True):
+        now = await stored(app, person)
+        assert now.state == Step.FACTS
+        assert (now.answers["title"], now.answers["request"]) == (f"标题{person.user.id}", f"诉求{person.user.id}")
+        replies = person.texts_since(mark)
+        assert replies[0] == _request_question(app) and "<b>事实</b>" in replies[1]
+
+
+async def test_an_update_that_fails_in_a_batch_costs_only_itself(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    good, bad = app.sim.citizen(user_id=3001), app.sim.citizen(user_id=3002)
+    for person in (good, bad):
+        await to_title(person)
+    handle = IntakeService.handle
+
+    async def failing(self: IntakeService, session: Any, citizen: Any, inp: Any, now: Any) -> Any:
+        if citizen.user_id == bad.user.id:
+            raise RuntimeError("a bug in one handler")
+        return await handle(self, session, citizen, inp, now)
+
+    monkeypatch.setattr(IntakeService, "handle", failing)
+    good_mark, bad_mark = len(good.received), len(bad.received)
+
+    await process_batch(app.sim.dp, app.sim.bot, [good.message_update(text="拖欠工资"),
+                                                  bad.message_update(text="拖欠工资")])
+
+    assert (await stored(app, good)).answers["title"] == "拖欠工资"
+    assert good.texts_since(good_mark) == [_request_question(app)], "answered once, not twice"
+    assert (await stored(app, bad)).state == Step.TITLE
+    assert bad.texts_since(bad_mark) == [t("zh", "retry_later")]
