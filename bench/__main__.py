@@ -32,8 +32,7 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
     for n in citizens:
         tasks.extend({"kind": "intake", "backend": b, "citizens": n} for b in backends)
         tasks.append({"kind": "ceiling", "citizens": n})
-    if full:
-        tasks.append({"kind": "intake", "backend": "sqlite", "citizens": 100, "variant": "sqlite-pool1"})
+    if full:  # (the earlier what-ifs, one pooled SQLite connection and no FSM, are the product's defaults now)
         if "postgresql" in backends:
             tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
     sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 100_000]
@@ -45,8 +44,6 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
                   "factor": 1.0, "citizens": 10 if full else 3})
     memory_backend = "postgresql" if "postgresql" in backends else "sqlite"
     tasks.append({"kind": "memory", "backend": memory_backend, "chats": 100_000 if full else 1_000})
-    if full:  # the same, without aiogram's FSM middleware (what the suggested fix would give)
-        tasks.append({"kind": "memory", "backend": memory_backend, "chats": 30_000, "variant": "no-fsm"})
     return tasks
 
 
@@ -72,7 +69,7 @@ def describe(spec: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="the full sizes (about 23 minutes); default: quick")
+    parser.add_argument("--full", action="store_true", help="the full sizes (about 20 minutes); default: quick")
     parser.add_argument("--quick", action="store_true", help="the quick mode (default)")
     parser.add_argument("--only", default="", help="comma-separated: intake,ceiling,status,burst,memory")
     parser.add_argument("--backends", default="sqlite,postgresql")

@@ -204,8 +204,9 @@ async def run_burst(backend: str, kind: str, count: int, factor: float, citizens
                                           else "outbox to the staff group" if chat < 0 else "outbox to a citizen")
             limits.enabled = True
             scaled.restart()
-            worker = create_outbox_worker(app.dp, app.sessionmaker, app.bot, clock=scaled.now,
-                                          pacer=Pacer(clock=scaled.monotonic))
+            pacer = Pacer(clock=scaled.monotonic)
+            app.dp["pipeline"].pacer = pacer  # as production shares it (create_dispatcher(pacer=…))
+            worker = create_outbox_worker(app.dp, app.sessionmaker, app.bot, clock=scaled.now, pacer=pacer)
             stop = asyncio.Event()
             worker_task = asyncio.create_task(run_worker(worker, scaled, stop))
             # Citizens confirm one after another, spread over the first part of the burst.

@@ -67,7 +67,9 @@ def staff_chat_ids(settings: Settings, bureau: BureauConfig) -> set[int]:
 
 
 def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
-                      bureau: BureauConfig, clock: Clock = utcnow) -> Dispatcher:
+                      bureau: BureauConfig, clock: Clock = utcnow, pacer: Pacer | None = None) -> Dispatcher:
+    """The bot. ``pacer``, when given, paces the direct replies too and is the
+    outbox worker's (one count of what goes to Telegram)."""
     engine = IntakeEngine(bureau, clock)
     staff_locale = settings.default_locale
     wakeup = Wakeup()
@@ -94,6 +96,9 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood)
     dp.update.outer_middleware(pipeline)
     dp["pipeline"] = pipeline  # polling hands it whole batches (group commit)
+    if pacer is not None:
+        pipeline.pacer = pacer
+        dp["pacer"] = pacer
     dp.include_router(build_followup_router())
     dp.include_router(build_citizen_router())
     chats = staff_chat_ids(settings, bureau)
@@ -134,7 +139,8 @@ def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncS
     locale = settings.default_locale
     return OutboxWorker(
         sessionmaker=sessionmaker, transport=TelegramTransport(bot), render_card=cards.render,
-        clock=clock, pacer=pacer or Pacer(), alert_chat_ids=alerts, wakeup=dp["outbox_wakeup"],
+        clock=clock, pacer=pacer or dp.workflow_data.get("pacer") or Pacer(), alert_chat_ids=alerts,
+        wakeup=dp["outbox_wakeup"],
         alert_text=lambda row: str(t(locale, "staff.delivery_failed", id=row.id, chat=row.chat_id,
                                      error=row.last_error or "")),
         on_sent=staff.delivered, max_attempts=settings.outbox_max_attempts,

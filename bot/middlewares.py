@@ -52,12 +52,16 @@ from bot.render import Markup, OutMessage, render
 from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
 from handoff.outbox import Wakeup
+from handoff.pacer import Pacer
 from storage.models import CitizenSession
 from storage.repositories import (
     citizen_session,
+    citizen_sessions,
     claim_unsent,
     claim_update,
     mark_delivered,
+    processed_among,
+    record_updates,
     store_replies,
     unsent_replies,
 )
@@ -191,7 +195,7 @@ class Responder:
         else:
             self.elsewhere.append((chat_id, OutMessage(text, markup)))
 
-    async def flush(self, bot: Bot) -> Responder | None:
+    async def flush(self, bot: Bot, pacer: Pacer | None = None) -> Responder | None:
         """Send everything; what could not be sent yet, or None.
 
         A message Telegram refuses for good (the citizen blocked the bot, the chat
@@ -208,15 +212,15 @@ class Responder:
         if self.chat_id is not None:
             chat = self.chat_id
             for m in self.messages:
-                if not await _deliver(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup)):
+                if not await _deliver(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup), pacer):
                     left.messages.append(m)
             for item in self.files:
                 kind, file_id, caption = item
                 send = bot.send_photo if kind == "photo" else bot.send_document
-                if not await _deliver(chat, partial(send, chat, file_id, caption=caption)):
+                if not await _deliver(chat, partial(send, chat, file_id, caption=caption), pacer):
                     left.files.append(item)
         for chat, m in self.elsewhere:
-            if not await _deliver(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup)):
+            if not await _deliver(chat, partial(bot.send_message, chat, m.text, reply_markup=m.markup), pacer):
                 left.elsewhere.append((chat, m))
         return left if left.has_messages() else None
 
@@ -225,10 +229,10 @@ class Responder:
 _REFUSED_FOR_GOOD = (TelegramForbiddenError, TelegramBadRequest, TelegramNotFound)
 
 
-async def _deliver(chat: int, send: Callable[[], Awaitable[Any]]) -> bool:
+async def _deliver(chat: int, send: Callable[[], Awaitable[Any]], pacer: Pacer | None = None) -> bool:
     """One message: True when it went out or was refused for good."""
     try:
-        await _send(send)
+        await _send(send, chat, pacer)
     except _REFUSED_FOR_GOOD as exc:
         log.warning("chat %s refused a reply (%s); dropped", chat, exc)
     except (TimeoutError, TelegramAPIError) as exc:
@@ -242,15 +246,31 @@ async def _deliver(chat: int, send: Callable[[], Awaitable[Any]]) -> bool:
 RETRY_BACKOFF = 0.5
 
 
-async def _send(send: Callable[[], Awaitable[Any]], attempts: int = 4) -> None:
-    """Send one reply: wait out a flood limit exactly as Telegram asks; retry
-    timeouts, network and server errors with a short back-off."""
+#: The longest a direct reply waits for the pacer; past it, it goes anyway
+#: (a 429 is then waited out exactly).
+MAX_PACE_WAIT = 10.0
+
+
+async def _send(send: Callable[[], Awaitable[Any]], chat: int, pacer: Pacer | None = None,
+                attempts: int = 4) -> None:
+    """Send one reply: within the limits the outbox also keeps (the shared pacer,
+    so a burst of notifications does not make a reply hit 429), wait out a flood
+    limit exactly as Telegram asks; retry timeouts, network and server errors
+    with a short back-off."""
     for attempt in range(attempts):
         last = attempt == attempts - 1
+        if pacer is not None:
+            waited = 0.0
+            while (wait := pacer.reply_wait_time(chat)) > 0 and waited < MAX_PACE_WAIT:
+                await asyncio.sleep(min(wait, MAX_PACE_WAIT - waited))
+                waited += wait
+            pacer.record(chat)
         try:
             await send()
             return
         except TelegramRetryAfter as exc:
+            if pacer is not None:
+                pacer.penalize(chat, exc.retry_after)
             if last:
                 raise
             await asyncio.sleep(exc.retry_after)
@@ -286,6 +306,37 @@ class Group:
         self.admitted: dict[int, bool | None] = {}
         #: Delivery marks written in this transaction (made again if it rolls back).
         self.marking: set[int] = set()
+        #: Update ids not yet processed when the batch began (the others are replays).
+        self.claimed: set[int] = set()
+        #: Those taken so far, in order, and the replies to keep with them: all
+        #: recorded in one statement at the end, in this transaction.
+        self.taken: list[int] = []
+        self.to_store: dict[int, dict[str, Any]] = {}
+        #: The batch's citizens, read (and locked) in one query.
+        self.citizens: dict[int, CitizenSession] = {}
+
+    async def begin(self, updates: Sequence[Update]) -> None:
+        """Find the batch's replays and read its citizens: two queries for the
+        whole batch instead of two statements per update."""
+        ids = [u.update_id for u in updates]
+        self.claimed = set(ids) - await processed_among(self.session, ids)
+        people = set()
+        for update in updates:
+            _, user_id, chat_type, _ = _chat_and_user(update)
+            if chat_type == "private" and user_id is not None:
+                people.add(user_id)
+        self.citizens = await citizen_sessions(self.session, people, lock=True)
+
+    def take_claim(self, update_id: int) -> bool:
+        """True once for an update id new to this batch (a second copy is a replay)."""
+        if update_id in self.claimed:
+            self.claimed.discard(update_id)
+            self.taken.append(update_id)
+            return True
+        return False
+
+    async def finish(self, now: datetime) -> None:
+        await record_updates(self.session, [(i, self.to_store.get(i)) for i in self.taken], now)
 
 
 Done = Callable[[int], None]
@@ -321,6 +372,8 @@ class UpdatePipeline(BaseMiddleware):
         self.wakeup = wakeup
         self.flood = flood
         self.locks = KeyedLocks()
+        #: Shared with the outbox worker when set (``create_dispatcher(pacer=…)``).
+        self.pacer: Pacer | None = None
         #: Updates whose replies went out but are not yet marked so in the database:
         #: marked in batches (at most a second late), so the hot path gains no commit.
         self.sent: set[int] = set()
@@ -354,7 +407,7 @@ class UpdatePipeline(BaseMiddleware):
                 # No rollback of one update alone here: a failure aborts the group,
                 # which run_batch then redoes update by update.
                 result = await self._handle(group.session, handler, event, data, responder, self.clock(),
-                                            chat_id, user_id, chat_type, language)
+                                            chat_id, user_id, chat_type, language, group)
                 group.replies.append((event.update_id, data.get("responder", responder)))
                 return result
             try:
@@ -405,8 +458,10 @@ class UpdatePipeline(BaseMiddleware):
                 async with session.begin():
                     group = Group(session)
                     group.marking = await self._mark_sent(session, force=True)
+                    await group.begin(updates)
                     for update in updates:
                         await dispatcher.feed_update(bot, update, update_group=group)
+                    await group.finish(self.clock())
                 self._wake(session)
         except Exception:
             log.exception("a batch of %d updates failed as one transaction; redoing them one by one",
@@ -440,9 +495,11 @@ class UpdatePipeline(BaseMiddleware):
                       handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
                       event: Update, data: dict[str, Any], responder: Responder, now: datetime,
                       chat_id: int | None, user_id: int | None, chat_type: str | None,
-                      language: str | None) -> Any:
-        """One update's work inside an open transaction."""
-        if not await claim_update(session, event.update_id, now):
+                      language: str | None, group: Group | None = None) -> Any:
+        """One update's work inside an open transaction (a batch's, given ``group``)."""
+        fresh = group.take_claim(event.update_id) if group is not None else await claim_update(
+            session, event.update_id, now)
+        if not fresh:
             log.info("update %s already processed; skipped", event.update_id)
             if event.update_id not in self.sent:
                 stored = await unsent_replies(session, event.update_id)
@@ -454,13 +511,16 @@ class UpdatePipeline(BaseMiddleware):
         data["session"] = session
         data["now"] = now
         if chat_type == "private" and user_id is not None and chat_id is not None:
-            citizen = await citizen_session(session, user_id, lock=True)
+            citizen = (group.citizens.get(user_id) if group is not None
+                       else await citizen_session(session, user_id, lock=True))
             if citizen is None:
                 locale = normalize_locale(language) if language else self.default_locale
                 citizen = CitizenSession(user_id=user_id, chat_id=chat_id, locale=locale,
                                          state=None, data={}, awaiting=None, extra={}, banned=False,
                                          updated_at=now)
                 session.add(citizen)
+                if group is not None:
+                    group.citizens[user_id] = citizen
             else:
                 citizen.updated_at = now
             data["citizen"] = citizen
@@ -471,16 +531,19 @@ class UpdatePipeline(BaseMiddleware):
                 return None
         result = await handler(event, data)
         if responder.has_messages():
-            await store_replies(session, event.update_id, responder.dump())
+            if group is not None:
+                group.to_store[event.update_id] = responder.dump()
+            else:
+                await store_replies(session, event.update_id, responder.dump())
         return result
 
     async def _flush(self, bot: Bot, update_id: int, responder: Responder) -> None:
-        """Send an update's committed replies; keep what could not be sent."""
-        if not responder.has_messages():
-            return
-        left = await responder.flush(bot)
+        """Answer the callback query and send an update's committed replies; keep
+        what could not be sent."""
+        left = await responder.flush(bot, self.pacer)
         if left is None:
-            self.sent.add(update_id)
+            if responder.has_messages():
+                self.sent.add(update_id)
             return
         try:  # rare: only after the retries failed
             async with self.sessionmaker() as session, session.begin():

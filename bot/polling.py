@@ -42,6 +42,7 @@ from bot.middlewares import UpdatePipeline, feed_each
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from handoff.deadlines import BUREAU_TZ, calendar_warning
+from handoff.pacer import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
     assert settings.bot_token
     engine, sessionmaker = await open_database(settings)
     bot = telegram_bot(settings)
-    dp = create_dispatcher(settings, sessionmaker, bureau)
+    dp = create_dispatcher(settings, sessionmaker, bureau, pacer=Pacer())  # one count for replies and outbox
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

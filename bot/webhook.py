@@ -41,6 +41,7 @@ from bot.app import (
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from handoff.deadlines import BUREAU_TZ, calendar_warning
+from handoff.pacer import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ async def run_webhook(settings: Settings, bureau: BureauConfig, *, set_webhook: 
     assert settings.bot_token and settings.webhook_secret
     engine, sessionmaker = await open_database(settings)
     bot = telegram_bot(settings)
-    dp = create_dispatcher(settings, sessionmaker, bureau)
+    dp = create_dispatcher(settings, sessionmaker, bureau, pacer=Pacer())  # one count for replies and outbox
     app = web.Application()
     SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=settings.webhook_secret,
                          handle_in_background=False).register(app, path=settings.webhook_path)

@@ -128,6 +128,19 @@ class Pacer:
                     ready = max(ready, sends[-self._group_limit] + self._group_window)
         return ready - now
 
+    def reply_wait_time(self, chat_id: int) -> float:
+        """Like :meth:`wait_time` for a direct reply to someone who just wrote:
+        a private chat gets the global limit only (a reply of two or three
+        messages is not spread a second apart: Telegram allows short bursts to
+        one person); a group gets every limit."""
+        if chat_id < 0:
+            return self.wait_time(chat_id)
+        now = self._clock()
+        self._prune(now)
+        if len(self._global_sends) < self._global_limit:
+            return 0.0
+        return max(0.0, self._global_sends[-self._global_limit] + self._global_window - now)
+
     def record(self, chat_id: int) -> None:
         """One message to ``chat_id`` was just sent (or edited): call it as the request is issued."""
         now = self._clock()

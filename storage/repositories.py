@@ -30,6 +30,9 @@ _CLAIM = {
 }
 _STORE_REPLIES = (update(_UPDATES).where(_UPDATES.c.update_id == bindparam("id"))
                   .values(replies=bindparam("replies"), delivered=False))
+_RECORD = _UPDATES.insert().values(update_id=bindparam("update_id"), processed_at=bindparam("now"),
+                                   replies=bindparam("replies"), delivered=bindparam("delivered"))
+_ALREADY_CLAIMED = select(_UPDATES.c.update_id).where(_UPDATES.c.update_id.in_(bindparam("ids", expanding=True)))
 _UNSENT_REPLIES = (select(_UPDATES.c.replies, _UPDATES.c.delivered)
                    .where(_UPDATES.c.update_id == bindparam("update_id")))
 _CITIZEN = select(CitizenSession).where(CitizenSession.user_id == bindparam("user_id"))
@@ -49,6 +52,26 @@ async def claim_update(session: AsyncSession, update_id: int, now: datetime) -> 
     """
     result = await session.execute(_CLAIM[_dialect(session)], {"update_id": update_id, "now": now})
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def processed_among(session: AsyncSession, update_ids: Iterable[int]) -> set[int]:
+    """Which of these update ids are already recorded (one query for a batch)."""
+    ids = sorted(set(update_ids))
+    if not ids:
+        return set()
+    found: list[int] = list((await session.scalars(_ALREADY_CLAIMED, {"ids": ids})).all())
+    return set(found)
+
+
+async def record_updates(session: AsyncSession, rows: list[tuple[int, dict[str, Any] | None]],
+                         now: datetime) -> None:
+    """Record a batch's new update ids with their replies, in one statement
+    (executemany). Run in the transaction that saw them unrecorded
+    (:func:`processed_among`); an id recorded meanwhile by another process
+    fails the insert, and with it the batch."""
+    if rows:
+        await session.execute(_RECORD, [{"update_id": i, "now": now, "replies": r, "delivered": r is None}
+                                        for i, r in rows])
 
 
 async def store_replies(session: AsyncSession, update_id: int, replies: dict[str, Any]) -> None:
@@ -96,6 +119,18 @@ async def citizen_session(session: AsyncSession, user_id: int, *, lock: bool) ->
     workers never run one citizen's updates at the same time."""
     stmt = _CITIZEN_LOCKED if lock and _dialect(session) == "postgresql" else _CITIZEN
     return (await session.execute(stmt, {"user_id": user_id})).scalar_one_or_none()
+
+
+async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *,
+                           lock: bool) -> dict[int, CitizenSession]:
+    """:func:`citizen_session` for a batch, in one query (rows locked in id order)."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return {}
+    stmt = select(CitizenSession).where(CitizenSession.user_id.in_(ids)).order_by(CitizenSession.user_id)
+    if lock and _dialect(session) == "postgresql":
+        stmt = stmt.with_for_update()
+    return {row.user_id: row for row in (await session.scalars(stmt)).all()}
 
 
 class CaseRepository:

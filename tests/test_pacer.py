@@ -286,3 +286,22 @@ def test_memory_stays_flat_over_100000_chats() -> None:
     assert not pacer._group_expiries
     assert not pacer._penalty_expiries
     assert not pacer._global_sends
+
+
+def test_a_direct_reply_to_a_person_waits_for_the_global_limit_only() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, safety=0.0, global_per_second=3)
+    pacer.record(PRIVATE)
+    assert pacer.reply_wait_time(PRIVATE) == 0.0, "a second message of one reply is not held a second"
+    pacer.record(PRIVATE + 1)
+    pacer.record(PRIVATE + 2)
+    assert pacer.reply_wait_time(PRIVATE) == 1.0, "the global limit is everyone's"
+    clock.advance(0.5)
+    assert pacer.reply_wait_time(PRIVATE + 9) == 0.5
+
+
+def test_a_direct_reply_to_a_group_waits_for_every_limit() -> None:
+    clock = FakeClock()
+    pacer = exact_pacer(clock)
+    pacer.record(GROUP)
+    assert pacer.reply_wait_time(GROUP) == pacer.wait_time(GROUP) == 1.0

@@ -5,19 +5,26 @@ update that failed."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from aiogram.exceptions import TelegramForbiddenError, TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import middlewares
+from bot.app import create_bot, create_dispatcher, create_outbox_worker
 from bot.middlewares import RESEND_AFTER, Responder
 from bot.polling import process_batch
-from bot.simulator import FakeTelegram
+from bot.settings import Settings
+from bot.simulator import FakeTelegram, Simulator
+from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.intake import IntakeService
+from handoff.pacer import Pacer
 from state_machine.intake import Step
+from tests import conftest
 from tests.conftest import App
 from tests.flows import to_title
 from tests.test_intake_validation_e2e import stored
@@ -88,15 +95,13 @@ class _FailsOn(FakeTelegram):
         super().__init__()
         self.text = text
 
-    async def make_request(self, bot: Any, method: TelegramMethod[Any], timeout: int | None = None) -> Any:
+    async def make_request(self, bot: Any, method: TelegramMethod[Any], timeout: int | None = None) -> Any:  # noqa: ASYNC109
         if isinstance(method, SendMessage) and method.text == self.text:
             raise TelegramNetworkError(method, "Request timeout error")
         return await super().make_request(bot, method, timeout)
 
 
 async def test_only_the_messages_that_failed_are_kept_to_send_again() -> None:
-    from bot.app import create_bot
-
     telegram = _FailsOn("second")
     responder = Responder(77, "zh")
     responder.send("first")
@@ -154,3 +159,60 @@ async def test_an_update_that_fails_in_a_batch_costs_only_itself(
     assert good.texts_since(good_mark) == [_request_question(app)], "answered once, not twice"
     assert (await stored(app, bad)).state == Step.TITLE
     assert bad.texts_since(bad_mark) == [t("zh", "retry_later")]
+
+
+# -- one count of what goes to Telegram -------------------------------------------------------
+
+
+async def test_direct_replies_share_the_outbox_pacer_and_wait_for_a_slot_instead_of_a_429(
+        settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,
+        clock: conftest.TestClock) -> None:
+    pacer = Pacer(global_per_second=3, safety=0.0)
+    telegram = FakeTelegram()
+    bot = create_bot("1:fake", session=telegram)
+    dp = create_dispatcher(settings, sessionmaker, bureau, clock=clock, pacer=pacer)
+    sim = Simulator(dp, bot, telegram)
+    assert create_outbox_worker(dp, sessionmaker, bot, clock=clock).pacer is pacer
+    citizen = sim.citizen()
+    for chat in (-100, 501, 502):  # the outbox just used this second's three messages
+        pacer.record(chat)
+    started = time.monotonic()
+
+    replies = await citizen.send("/start")
+
+    assert replies and time.monotonic() - started >= 0.9, "sent when a slot was free, not into a 429"
+    assert pacer.wait_time(citizen.chat.id) > 0, "and counted: the outbox waits before writing to them"
+
+
+async def test_the_same_update_twice_in_one_batch_has_one_effect(app: App) -> None:
+    citizen = app.sim.citizen()
+    await to_title(citizen)
+    mark = len(citizen.received)
+    update = citizen.message_update(text="拖欠工资")
+
+    await process_batch(app.sim.dp, app.sim.bot, [update, update, citizen.message_update(text="要求支付工资")])
+
+    now = await stored(app, citizen)
+    assert (now.state, now.answers["title"], now.answers["request"]) == (Step.FACTS, "拖欠工资", "要求支付工资")
+    replies = citizen.texts_since(mark)
+    assert len(replies) == 2 and replies[0] == _request_question(app), replies
+
+
+async def test_a_replayed_batch_changes_nothing_and_sends_only_what_never_went_out(app: App) -> None:
+    first, second = app.sim.citizen(user_id=4001), app.sim.citizen(user_id=4002)
+    for person in (first, second):
+        await to_title(person)
+    marks = len(first.received), len(second.received)
+    batch = [first.message_update(text="拖欠工资"), second.message_update(text="噪音扰民")]
+    app.telegram.failures.extend(_unreachable(first.chat.id, times=8))  # both replies, every retry
+
+    await process_batch(app.sim.dp, app.sim.bot, batch)
+    assert first.texts_since(marks[0]) == [] and second.texts_since(marks[1]) == []
+
+    await process_batch(app.sim.dp, app.sim.bot, batch)  # Telegram sends the batch again
+    assert first.texts_since(marks[0]) == second.texts_since(marks[1]) == [_request_question(app)]
+    assert (await stored(app, first)).answers["title"] == "拖欠工资"
+    assert (await stored(app, second)).answers["title"] == "噪音扰民"
+
+    await process_batch(app.sim.dp, app.sim.bot, batch)  # and once more: nothing left to send
+    assert first.texts_since(marks[0]) == second.texts_since(marks[1]) == [_request_question(app)]
