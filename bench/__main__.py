@@ -1,5 +1,5 @@
 """Run the benchmarks: ``python -m bench`` (quick, under ~2 minutes) or
-``python -m bench --full`` (the sizes the targets name, about 23 minutes).
+``python -m bench --full`` (the sizes the targets name, about 20 minutes).
 
 Each benchmark runs in a fresh process (:mod:`bench.task`); results are kept
 as JSON in ``bench/results/`` and the tables in ``docs/BENCHMARKS.md`` (between
@@ -32,9 +32,9 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
     for n in citizens:
         tasks.extend({"kind": "intake", "backend": b, "citizens": n} for b in backends)
         tasks.append({"kind": "ceiling", "citizens": n})
-    if full:  # (the earlier what-ifs, one pooled SQLite connection and no FSM, are the product's defaults now)
-        if "postgresql" in backends:
-            tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
+    # (The earlier what-ifs, one pooled SQLite connection and no FSM, are the product's defaults now.)
+    if full and "postgresql" in backends:
+        tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
     sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 100_000]
     tasks.extend({"kind": "status", "backend": b, "sizes": sizes, "per_kind": 150 if full else 15,
                   "concurrent": 300 if full else 60, "filings": 5 if full else 2} for b in backends)
@@ -42,6 +42,8 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
                   "factor": 20.0, "citizens": 10 if full else 3})
     tasks.append({"kind": "burst", "backend": "sqlite", "burst": "private", "count": 1000 if full else 60,
                   "factor": 1.0, "citizens": 10 if full else 3})
+    if "postgresql" in backends:  # webhook worker processes sharing PostgreSQL: one, then two
+        tasks.extend({"kind": "webhook", "workers": w, "citizens": 100 if full else 20} for w in (1, 2))
     memory_backend = "postgresql" if "postgresql" in backends else "sqlite"
     tasks.append({"kind": "memory", "backend": memory_backend, "chats": 100_000 if full else 1_000})
     return tasks
@@ -71,7 +73,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the full sizes (about 20 minutes); default: quick")
     parser.add_argument("--quick", action="store_true", help="the quick mode (default)")
-    parser.add_argument("--only", default="", help="comma-separated: intake,ceiling,status,burst,memory")
+    parser.add_argument("--only", default="", help="comma-separated: intake,ceiling,status,burst,webhook,memory")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL,
                         help="server for PostgreSQL runs (a database is created and dropped per benchmark)")
@@ -105,9 +107,14 @@ def main() -> int:
         print(f"  {describe(spec):70s} {time.perf_counter() - t0:6.1f} s  {status}", file=sys.stderr)
     info["load_end"] = os.getloadavg()
     info["total_seconds"] = time.perf_counter() - started
-    report = {"mode": mode, "machine": info, "results": results}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
+    earlier = out_dir / f"{mode}.json"
+    if only and earlier.exists():  # a part re-run: keep the other parts of the last run of this mode
+        kept = [r for r in json.loads(earlier.read_text())["results"] if r["spec"]["kind"] not in only]
+        results = kept + results
+        info["partial"] = f"{', '.join(sorted(only))} re-run; the rest from the previous {mode} run"
+    report = {"mode": mode, "machine": info, "results": results}
     (out_dir / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
     if args.doc:
         write_doc(Path(args.doc), report)

@@ -98,7 +98,8 @@ def render(report: dict[str, Any]) -> str:
         f"SQLite {m['sqlite']} (WAL, synchronous=FULL: the product's default); "
         f"PostgreSQL on 127.0.0.1. Code at {m['commit']}. Load average at start {m['load_start']}, "
         f"at end {tuple(round(x, 2) for x in m.get('load_end', ()))} (the machine is shared). "
-        f"Total {m.get('total_seconds', 0) / 60:.1f} min.\n")
+        f"Total {m.get('total_seconds', 0) / 60:.1f} min."
+        + (f" Partial: {m['partial']}." if m.get("partial") else "") + "\n")
     failed = [r for r in report["results"] if "error" in r]
     for r in failed:
         out.append(f"- benchmark `{r['spec']['kind']}` {r['spec'].get('backend', '')} failed: "
@@ -216,6 +217,20 @@ def render(report: dict[str, Any]) -> str:
                        "growth after malloc_trim MB", "bytes / chat", "aiogram FSM records",
                        "pipeline locks left", "flood gate entries left", "growth curve (MB)", "failed"], rows))
     out.append("\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+
+    # 5b. webhook workers sharing PostgreSQL ----------------------------------------------------
+    hooks = _results(report, "webhook")
+    if hooks:
+        out.append("#### 5b. Webhook worker processes sharing PostgreSQL (real processes, HTTP)\n")
+        rows = [[r["workers"], r["citizens"], r["updates"], r["updates_per_s"], r["latency"]["p50_ms"],
+                 r["latency"]["p99_ms"], r["latency"]["max_ms"], r["bot_api_calls_per_update"],
+                 f"{r['receipts_ok']} / {r['cases_in_db']}",
+                 r["http_failure_count"] + r["receipts_failed"] + len(r["scripts_broken"])
+                 + r["worker_logs_with_traceback"]]
+                for r in hooks]
+        out.append(_table(["worker processes", "citizens", "updates", "updates/s", "p50 ms", "p99 ms", "max ms",
+                           "Bot API calls / update", "receipts / cases", "failures"], rows))
+        out.append("")
     return "\n".join(out)
 
 

@@ -39,6 +39,10 @@ async def run(spec: dict[str, Any]) -> Any:
         from bench.memory import run_memory
 
         return await run_memory(spec["backend"], spec["chats"], pg_url, variant=spec.get("variant"))
+    if kind == "webhook":
+        from bench.webhook import run_webhook
+
+        return await run_webhook(spec["workers"], spec["citizens"], pg_url)
     raise ValueError(f"unknown benchmark {kind!r}")
 
 

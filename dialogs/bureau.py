@@ -167,6 +167,9 @@ class TimeLimits(BaseModel):
     route_days: PositiveInt = 15  # art. 22 ¶1
     acceptance_days: PositiveInt = 15  # art. 23
     objection_working_days: PositiveInt = 5  # art. 23 ¶3: always working days
+    #: A unit's objection after its window: "refuse" (the default: the citizen's
+    #: case is not sent back and forth late) or "allow".
+    late_objection: Literal["refuse", "allow"] = "refuse"
     handling_days: PositiveInt = 60  # art. 34
     max_extension_days: Annotated[int, Field(gt=0, le=30)] = 30  # art. 34: at most 30
     ask_review_days: PositiveInt = 30  # art. 35

@@ -28,7 +28,7 @@ from dialogs.validators import clean_text
 from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, PRIORITY_STAFF, Button, enqueue
 from state_machine.case import TERMINAL, Action, Status, allowed_actions, next_status
-from storage.models import Attachment, Case, CaseEvent, Staff, StaffPrompt
+from storage.models import Attachment, Case, CaseClock, CaseEvent, Staff, StaffPrompt
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class StaffService:
         if case.version != version:
             self._refresh_card(session, case, now)
             return Outcome(toast=t(self.locale, "staff.refused.changed"))
-        refusal = self._refusal(case, action)
+        refusal = self._refusal(case, action) or await self._too_late(session, case, action, now)
         if refusal:
             return Outcome(toast=refusal)
         params = parse_arg(arg)
@@ -185,7 +185,7 @@ class StaffService:
         if case.version != prompt.case_version:
             self._refresh_card(session, case, now)
             return Outcome(text=t(self.locale, "staff.refused.changed"))
-        refusal = self._refusal(case, prompt.action)
+        refusal = self._refusal(case, prompt.action) or await self._too_late(session, case, prompt.action, now)
         if refusal:
             return Outcome(text=refusal)
         try:
@@ -273,6 +273,18 @@ class StaffService:
             label = t(self.locale, f"staff.button.{action}") if action in Action.__members__.values() else action
             return t(self.locale, "staff.refused.status", status=status_name, action=label)
         return None
+
+    async def _too_late(self, session: AsyncSession, case: Case, action: str, now: datetime) -> str | None:
+        """An objection after the unit's objection window (art. 23 ¶3), unless the bureau allows it."""
+        limits = self.bureau.time_limits
+        if action != Action.OBJECT or limits.late_objection == "allow":
+            return None
+        due = await session.scalar(select(CaseClock.due_on).where(
+            CaseClock.case_id == case.id, CaseClock.clock == "objection", CaseClock.stopped_at.is_(None)))
+        if due is None or now.astimezone(BUREAU_TZ).date() <= due:
+            return None
+        return t(self.locale, "staff.refused.objection_late", days=limits.objection_working_days,
+                 due=due.isoformat())
 
     def _unit_picker(self, case: Case, action: str, params: dict[str, str]) -> Outcome:
         units = [u for u in self.bureau.units if u.kind != "city"]

@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,23 +138,21 @@ class FakeBotAPI:
 
     async def wait_for_replies(self, chat_id: int, count: int, limit: float = 20.0) -> list[Sent]:
         """Like ``wait_for``, counting a crash resend once."""
-        deadline = time.monotonic() + limit
-        while len(self.replies_to(chat_id)) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"chat {chat_id} got {len(self.replies_to(chat_id))} replies, wanted {count}: "
-                                   f"{[s.text[:60] for s in self.to_chat(chat_id)]}")
-            await asyncio.sleep(0.02)
-        return self.replies_to(chat_id)
+        return await self._wait(self.replies_to, chat_id, count, limit)
 
     async def wait_for(self, chat_id: int, count: int, limit: float = 20.0) -> list[Sent]:
         """Wait until the chat has received at least ``count`` messages in all."""
+        return await self._wait(self.to_chat, chat_id, count, limit)
+
+    async def _wait(self, messages: Callable[[int], list[Sent]], chat_id: int, count: int,
+                    limit: float) -> list[Sent]:
         deadline = time.monotonic() + limit
-        while len(self.to_chat(chat_id)) < count:
+        while len(messages(chat_id)) < count:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"chat {chat_id} got {len(self.to_chat(chat_id))} messages, wanted {count}: "
+                raise TimeoutError(f"chat {chat_id} got {len(messages(chat_id))}, wanted {count}: "
                                    f"{[s.text[:60] for s in self.to_chat(chat_id)]}")
             await asyncio.sleep(0.02)
-        return self.to_chat(chat_id)
+        return messages(chat_id)
 
     # -- Bot API side ------------------------------------------------------------------
 

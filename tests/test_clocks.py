@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+from aiogram.methods import AnswerCallbackQuery
 from sqlalchemy import select
 
 from storage.models import Case, CaseClock, OutboxMessage
+from tests import conftest
 from tests.conftest import STAFF_CHAT, App, make_app
 from tests.flows import file_petition
 from tests.test_handoff_e2e import ADMIN, _act, _case
@@ -142,3 +144,37 @@ async def test_a_deadline_beyond_the_holiday_calendar_is_estimated_not_refused(s
     [status] = await citizen.send(f"/status {tracking} {code}")
     assert "按周末推算" in status
     assert calendar_warning(late.date()) is not None and "chinesecalendar" in str(calendar_warning(late.date()))
+
+
+async def _received_by_the_unit(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    await app.deliver()
+    for action, arg in (("register", ""), ("transfer", "u=441900121"), ("receive", "")):
+        await _act(app, ADMIN, action, arg)
+
+
+async def test_an_objection_within_five_working_days_sends_the_case_back(app: App) -> None:
+    await _received_by_the_unit(app)
+    app.clock.advance(days=7)  # Monday 2026-03-09, the window's last day
+    case = await _act(app, ADMIN, "object", text="不属于本单位职责")
+    assert case.status == "objected"
+
+
+async def test_a_late_objection_is_refused_with_the_day_the_window_ended(app: App) -> None:
+    await _received_by_the_unit(app)
+    app.clock.advance(days=8)  # Tuesday 2026-03-10
+    mark = len(app.telegram.calls)
+    case = await _act(app, ADMIN, "object")
+    assert case.status == "unit_received"
+    toasts = [c.text or "" for c in app.telegram.calls[mark:] if isinstance(c, AnswerCallbackQuery)]
+    assert any("异议期已过" in toast and "2026-03-09" in toast for toast in toasts), toasts
+
+
+async def test_a_bureau_may_allow_late_objections(settings, sessionmaker, bureau) -> None:  # type: ignore[no-untyped-def]
+    allowing = bureau.model_copy(update={"time_limits": bureau.time_limits.model_copy(
+        update={"late_objection": "allow"})})
+    app = make_app(settings, sessionmaker, allowing, conftest.TestClock())
+    await _received_by_the_unit(app)
+    app.clock.advance(days=8)
+    case = await _act(app, ADMIN, "object", text="不属于本单位职责")
+    assert case.status == "objected"
