@@ -182,14 +182,14 @@ class OutboxWorker:
         now = self.clock()
         picked, wait = await self._claim(now)
         if picked:
-            await asyncio.gather(*(self._deliver(row_id, message) for row_id, message in picked))
+            await asyncio.gather(*(self._deliver(*item) for item in picked))
             return 0.0
         return wait
 
-    async def _claim(self, now: datetime) -> tuple[list[tuple[int, Outgoing | None]], float | None]:
+    async def _claim(self, now: datetime) -> tuple[list[tuple[int, Outgoing | None, float]], float | None]:
         """Lease the first due row of each chat that the pacer lets through, and
         compose its message here, so the send follows the pacer's count at once."""
-        picked: list[tuple[int, Outgoing | None]] = []
+        picked: list[tuple[int, Outgoing | None, float]] = []
         wait: float | None = None
         async with self.sessionmaker() as session, session.begin():
             stmt = (select(OutboxMessage)
@@ -216,13 +216,15 @@ class OutboxWorker:
                 if pace > 0:
                     wait = pace if wait is None else min(wait, pace)
                     continue
-                self.pacer.record(row.chat_id)
+                counted_at = self.pacer.record(row.chat_id)
                 row.lease_until = now + LEASE
                 case = await session.get(Case, row.case_id) if row.case_id is not None else None
-                picked.append((row.id, self._compose(row, case)))
+                picked.append((row.id, self._compose(row, case), counted_at))
         return picked, wait
 
-    async def _deliver(self, row_id: int, message: Outgoing | None) -> None:
+    async def _deliver(self, row_id: int, message: Outgoing | None, counted_at: float) -> None:
+        if message is not None:
+            self.pacer.restamp(message.chat_id, counted_at)  # counted when it really goes out
         async with self.sessionmaker() as session:
             try:
                 ids = await self.transport.deliver(message) if message is not None else []

@@ -25,16 +25,22 @@ Decisions:
   0:59 and 20 more at 1:00, i.e. 40 in two seconds, which Telegram refuses.
   A send at time ``s`` counts in a window of length ``W`` while ``now < s + W``.
 * ``safety`` stretches every window and the per-chat interval by
-  ``1 + safety`` (0.05: 1.05 s between sends to one chat, 20 per 63 s per group,
-  30 per 1.05 s overall), i.e. each limit is used at 1/1.05 = 95.2 %. It is
-  headroom in *time* rather than in counts because (a) the risk being covered
-  is timing: Telegram counts when a request arrives, we count when we issue it,
-  and latency varies by tens of milliseconds; (b) counts are small integers, so
-  5 % of 30 rounds to a whole message (28/s = 93 %) while time scales evenly.
-  ``safety`` does not apply to ``retry_after``, which is already exact.
+  ``1 + safety`` (0.03: 1.03 s between sends to one chat, 20 per 61.8 s per
+  group, 30 per 1.03 s overall), i.e. each limit is used at 1/1.03 = 97.1 %. It
+  is headroom in *time* rather than in counts because (a) the risk being
+  covered is timing: Telegram counts when a request arrives, we count when we
+  issue it, and latency varies by tens of milliseconds; (b) counts are small
+  integers, so 3 % of 30 rounds to a whole message (29/s = 97 %, 28/s = 93 %)
+  while time scales evenly. ``safety`` does not apply to ``retry_after``, which
+  is already exact. (It was 0.05 while sends were counted when a worker
+  reserved them rather than when they went out, which let two passes bunch
+  into one of Telegram's windows; see ``restamp``.)
 * ``record()`` belongs right before the request is awaited, not after the
   answer: it reserves the slot, so concurrent senders sharing the pacer see it,
-  and a request that fails later still counted at Telegram's end.
+  and a request that fails later still counted at Telegram's end. A sender
+  that reserves slots first and sends a little later (the outbox worker
+  reserves a whole pass while it reads the rows) calls ``restamp()`` as each
+  request goes out, so the count follows the requests as Telegram sees them.
 * ``penalize()`` blocks only that chat, until ``now + retry_after`` exactly. The
   429 answer does not say whether the per-chat or the global limit was hit.
   Holding everything on every 429 would let one flooded group (whose
@@ -57,6 +63,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import time
@@ -85,7 +92,7 @@ class Pacer:
         per_chat_interval: float = 1.0,
         group_per_minute: int = 20,
         global_per_second: int = 30,
-        safety: float = 0.05,
+        safety: float = 0.03,
     ) -> None:
         if not (per_chat_interval >= 0 and math.isfinite(per_chat_interval)):
             raise ValueError(f"per_chat_interval must be finite and >= 0, not {per_chat_interval!r}")
@@ -141,8 +148,9 @@ class Pacer:
             return 0.0
         return max(0.0, self._global_sends[-self._global_limit] + self._global_window - now)
 
-    def record(self, chat_id: int) -> None:
-        """One message to ``chat_id`` was just sent (or edited): call it as the request is issued."""
+    def record(self, chat_id: int) -> float:
+        """One message to ``chat_id`` was just sent (or edited): call it as the request is issued.
+        Returns the time it was counted at (for :meth:`restamp`)."""
         now = self._clock()
         self._prune(now)
         self._global_sends.append(now)
@@ -154,6 +162,32 @@ class Pacer:
         if state.sends is not None:
             state.sends.append(now)
             self._trim(state.sends, self._group_window, now)
+            self._group_expiries.append((now + self._group_horizon, chat_id))
+        else:
+            self._private_expiries.append((now + self._private_horizon, chat_id))
+        return now
+
+    def restamp(self, chat_id: int, counted_at: float) -> None:
+        """A message counted at ``counted_at`` (a slot reserved by :meth:`record`)
+        is only now being sent: count it now instead. Telegram counts a request
+        when it arrives; a worker that reserves slots and then does other work
+        before sending would otherwise let the sends of two passes bunch into
+        one of Telegram's windows."""
+        now = self._clock()
+        if now <= counted_at:
+            return
+        self._prune(now)
+        with contextlib.suppress(ValueError):  # already out of the window
+            self._global_sends.remove(counted_at)
+        self._global_sends.append(now)
+        state = self._chats.get(chat_id)
+        if state is None:
+            return
+        state.last_send = max(state.last_send, now)
+        if state.sends is not None:
+            with contextlib.suppress(ValueError):
+                state.sends.remove(counted_at)
+            state.sends.append(now)
             self._group_expiries.append((now + self._group_horizon, chat_id))
         else:
             self._private_expiries.append((now + self._private_horizon, chat_id))

@@ -50,9 +50,9 @@ def test_second_message_to_a_private_chat_waits_one_second() -> None:
 
 def test_safety_stretches_the_interval() -> None:
     clock = FakeClock()
-    pacer = Pacer(clock=clock)  # default safety 0.05
+    pacer = Pacer(clock=clock)  # default safety 0.03
     pacer.record(PRIVATE)
-    assert pacer.wait_time(PRIVATE) == pytest.approx(1.05)
+    assert pacer.wait_time(PRIVATE) == pytest.approx(1.03)
 
 
 def test_private_chats_have_no_per_minute_limit() -> None:
@@ -305,3 +305,15 @@ def test_a_direct_reply_to_a_group_waits_for_every_limit() -> None:
     pacer = exact_pacer(clock)
     pacer.record(GROUP)
     assert pacer.reply_wait_time(GROUP) == pacer.wait_time(GROUP) == 1.0
+
+
+def test_a_send_reserved_earlier_is_counted_when_it_goes_out() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock, safety=0.0, global_per_second=1)
+    first = pacer.record(PRIVATE)
+    assert pacer.reply_wait_time(PRIVATE + 2) == 1.0
+    clock.advance(0.4)
+    pacer.restamp(PRIVATE, first)  # it went out only now
+    clock.advance(0.7)  # 1.1 s after the reservation, 0.7 s after the request
+    assert pacer.reply_wait_time(PRIVATE + 2) == pytest.approx(0.3)
+    assert pacer.wait_time(PRIVATE) == pytest.approx(0.3), "the chat's interval runs from the request too"
