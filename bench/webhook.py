@@ -113,7 +113,9 @@ async def run_webhook(workers: int, citizens: int, pg_url: str) -> dict[str, Any
                "PETITION_DATABASE_URL": url, "PETITION_DATA_KEYS": crypto.new_key(),
                "PETITION_STAFF_CHAT_ID": str(STAFF_CHAT), "PETITION_ADMIN_IDS": str(ADMIN_ID),
                "PETITION_WEBHOOK_URL": "https://bench.invalid", "PETITION_WEBHOOK_SECRET": SECRET,
-               "PETITION_FLOOD_LIMIT": str(10**9), "PETITION_LOG_LEVEL": "WARNING"}
+               "PETITION_FLOOD_LIMIT": str(10**9), "PETITION_LOG_LEVEL": "WARNING",
+               # The workers' capacity, not Telegram's 30 messages a second (the fake API has no limits).
+               "PETITION_TELEGRAM_MESSAGES_PER_SECOND": str(10**6)}
         subprocess_env = {k: v for k, v in env.items() if v is not None}
         migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "migrate", env=subprocess_env)
         assert await migrate.wait() == 0, "migrate failed"

@@ -133,7 +133,9 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
     assert settings.bot_token
     engine, sessionmaker = await open_database(settings)
     bot = telegram_bot(settings)
-    dp = create_dispatcher(settings, sessionmaker, bureau, pacer=Pacer())  # one count for replies and outbox
+    # One count of what goes to Telegram, for replies and the outbox.
+    dp = create_dispatcher(settings, sessionmaker, bureau,
+                           pacer=Pacer(global_per_second=settings.telegram_messages_per_second))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

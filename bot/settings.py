@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     status_max_failures_per_number: int = Field(default=5, ge=1)
     #: Failed sends (5xx, network) of one notification before it is given up and admins are told.
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
+    #: Telegram's overall limit for this bot, messages a second, shared by replies
+    #: and notifications (30 by default; higher with Telegram's paid broadcasts).
+    #: Counted per process: several webhook workers share it, so divide it among them.
+    telegram_messages_per_second: int = Field(default=30, ge=1)
 
     @field_validator("admin_ids", mode="before")
     @classmethod

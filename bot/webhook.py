@@ -50,7 +50,9 @@ async def run_webhook(settings: Settings, bureau: BureauConfig, *, set_webhook: 
     assert settings.bot_token and settings.webhook_secret
     engine, sessionmaker = await open_database(settings)
     bot = telegram_bot(settings)
-    dp = create_dispatcher(settings, sessionmaker, bureau, pacer=Pacer())  # one count for replies and outbox
+    # One count of what goes to Telegram, for replies and the outbox.
+    dp = create_dispatcher(settings, sessionmaker, bureau,
+                           pacer=Pacer(global_per_second=settings.telegram_messages_per_second))
     app = web.Application()
     SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=settings.webhook_secret,
                          handle_in_background=False).register(app, path=settings.webhook_path)
