@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -27,7 +26,6 @@ from typing import Any
 
 import aiohttp
 from aiogram.types import InlineKeyboardMarkup
-from aiohttp import web
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -37,77 +35,32 @@ from bench.intake import FIRST_CITIZEN
 from bench.scripts import Receipts, filing
 from storage import crypto
 from storage.models import Case
+from tests.fake_bot_api import FakeBotAPI, Sent, free_port, wait_for_port
 
 SECRET = "bench-webhook-secret-0000"
-_BOT = {"id": 4242, "is_bot": True, "first_name": "Petition bot", "username": "petition_bench_bot"}
 
 
-class HttpBotAPI:
-    """Answers the Bot API methods the workers call; remembers each chat's
-    latest keyboard and text in a :class:`BenchTelegram` (what the scripts read)."""
+def _screen(api: FakeBotAPI) -> BenchTelegram:
+    """Each chat's latest keyboard and text, as the dialog scripts read them,
+    kept current from what the workers send to the fake API."""
+    seen = BenchTelegram(track_chats=True)
 
-    def __init__(self) -> None:
-        self.seen = BenchTelegram(track_chats=True)
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-        self._ids = 0
+    def on_send(sent: Sent) -> None:
+        markup = sent.params.get("reply_markup")
+        if markup:
+            with contextlib.suppress(ValueError):
+                seen.keyboards[sent.chat_id] = InlineKeyboardMarkup.model_validate_json(str(markup))
+        if sent.text:
+            seen.last_text[sent.chat_id] = sent.text
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/bot{token}/{method}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        method = request.match_info["method"]
-        params = dict(await request.post())
-        self.seen.total += 1
-        self.seen.counts[method] += 1
-        if method == "getMe":
-            return web.json_response({"ok": True, "result": _BOT})
-        if method in ("sendMessage", "sendPhoto", "sendDocument", "editMessageText", "editMessageReplyMarkup"):
-            chat = int(str(params.get("chat_id", "0")))
-            markup = params.get("reply_markup")
-            if markup:
-                with contextlib.suppress(ValueError):
-                    self.seen.keyboards[chat] = InlineKeyboardMarkup.model_validate_json(str(markup))
-            if params.get("text"):
-                self.seen.last_text[chat] = str(params["text"])
-            self._ids += 1
-            return web.json_response({"ok": True, "result": {
-                "message_id": self._ids, "date": int(time.time()), "from": _BOT,
-                "chat": {"id": chat, "type": "private" if chat > 0 else "supergroup"},
-                "text": str(params.get("text", "")) or "…"}})
-        return web.json_response({"ok": True, "result": True})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _wait_for_port(port: int, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"worker on port {port} did not start")
+    api.on_send = on_send
+    return seen
 
 
 async def run_webhook(workers: int, citizens: int, pg_url: str) -> dict[str, Any]:
-    api = HttpBotAPI()
+    api = FakeBotAPI(TOKEN)
     await api.start()
+    screen = _screen(api)
     async with scratch_database("postgresql", pg_url) as url:
         env = {**os.environ, "PETITION_BOT_TOKEN": TOKEN, "PETITION_TELEGRAM_API_URL": f"http://127.0.0.1:{api.port}",
                "PETITION_DATABASE_URL": url, "PETITION_DATA_KEYS": crypto.new_key(),
@@ -119,7 +72,7 @@ async def run_webhook(workers: int, citizens: int, pg_url: str) -> dict[str, Any
         subprocess_env = {k: v for k, v in env.items() if v is not None}
         migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "migrate", env=subprocess_env)
         assert await migrate.wait() == 0, "migrate failed"
-        ports = [_free_port() for _ in range(workers)]
+        ports = [free_port() for _ in range(workers)]
         logs = Path(tempfile.mkdtemp(prefix="petition-bench-webhook-"))
         procs = []
         for i, port in enumerate(ports):
@@ -129,8 +82,8 @@ async def run_webhook(workers: int, citizens: int, pg_url: str) -> dict[str, Any
                     env={**subprocess_env, "PETITION_WEBHOOK_PORT": str(port)}, stdout=log, stderr=log))
         try:
             for port in ports:
-                await _wait_for_port(port)
-            result = await _drive(api, ports, citizens)
+                await wait_for_port(port, limit=60)
+            result = await _drive(api, screen, ports, citizens)
         finally:
             for proc in procs:
                 if proc.returncode is None:
@@ -154,7 +107,7 @@ async def run_webhook(workers: int, citizens: int, pg_url: str) -> dict[str, Any
                 "cases_in_db": int(cases or 0), "worker_logs_with_traceback": errors}
 
 
-async def _drive(api: HttpBotAPI, ports: list[int], citizens: int) -> dict[str, Any]:
+async def _drive(api: FakeBotAPI, screen: BenchTelegram, ports: list[int], citizens: int) -> dict[str, Any]:
     ids = Ids(None)
     receipts = Receipts()
     latencies: list[float] = []
@@ -164,7 +117,7 @@ async def _drive(api: HttpBotAPI, ports: list[int], citizens: int) -> dict[str, 
 
     async def citizen(http: aiohttp.ClientSession, n: int) -> None:
         nonlocal turn
-        for step in filing(Person(ids, FIRST_CITIZEN + n), api.seen, receipts):
+        for step in filing(Person(ids, FIRST_CITIZEN + n), screen, receipts):
             body = json.dumps(_as_json(step))
             port = ports[turn % len(ports)]
             turn += 1
@@ -181,7 +134,7 @@ async def _drive(api: HttpBotAPI, ports: list[int], citizens: int) -> dict[str, 
     seconds = time.perf_counter() - started
     broken = [repr(o)[:200] for o in outcomes if isinstance(o, BaseException)]
     return {"updates": len(latencies), "seconds": seconds, "updates_per_s": len(latencies) / seconds,
-            "latency": summary_ms(latencies), "bot_api_calls_per_update": api.seen.total / max(1, len(latencies)),
+            "latency": summary_ms(latencies), "bot_api_calls_per_update": len(api.calls) / max(1, len(latencies)),
             "http_failures": failures[:5], "http_failure_count": len(failures), "scripts_broken": broken[:3],
             "receipts_ok": len(receipts.ok), "receipts_failed": len(receipts.failed)}
 

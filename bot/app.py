@@ -3,7 +3,11 @@ tests all call :func:`create_dispatcher`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -120,13 +124,37 @@ def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSes
     return maintenance
 
 
-async def record_sent_replies(dp: Dispatcher) -> None:
-    """On the way out: write which replies went out, so none is sent again."""
-    pipeline: UpdatePipeline = dp["pipeline"]
+def telegram_pacer(settings: Settings) -> Pacer:
+    """One count of what goes to Telegram, for the replies and the outbox."""
+    return Pacer(global_per_second=settings.telegram_messages_per_second)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set: the way ``run`` is asked to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@asynccontextmanager
+async def background_work(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,
+                          stop: asyncio.Event) -> AsyncIterator[None]:
+    """The outbox worker and the maintenance tick while the bot runs. On the way
+    out they stop, and which replies went out is written, so none is sent again."""
+    tasks = [asyncio.create_task(create_outbox_worker(dp, sessionmaker, bot).run(stop)),
+             asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
     try:
-        await pipeline.record_sent()
-    except Exception as exc:  # at worst a few replies are sent once more later
-        log.warning("could not record the last sent replies: %s", exc)
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        pipeline: UpdatePipeline = dp["pipeline"]
+        try:
+            await pipeline.record_sent()
+        except Exception as exc:  # at worst a few replies are sent once more later
+            log.warning("could not record the last sent replies: %s", exc)
 
 
 def create_outbox_worker(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -30,19 +29,18 @@ from aiogram.types import Update
 
 from bot.app import (
     ALLOWED_UPDATES,
+    background_work,
     create_dispatcher,
-    create_maintenance,
-    create_outbox_worker,
     open_database,
-    record_sent_replies,
     set_commands,
+    stop_on_signals,
     telegram_bot,
+    telegram_pacer,
 )
 from bot.middlewares import UpdatePipeline, feed_each
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from handoff.deadlines import BUREAU_TZ, calendar_warning
-from handoff.pacer import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +131,8 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
     assert settings.bot_token
     engine, sessionmaker = await open_database(settings)
     bot = telegram_bot(settings)
-    # One count of what goes to Telegram, for replies and the outbox.
-    dp = create_dispatcher(settings, sessionmaker, bureau,
-                           pacer=Pacer(global_per_second=settings.telegram_messages_per_second))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    dp = create_dispatcher(settings, sessionmaker, bureau, pacer=telegram_pacer(settings))
+    stop = stop_on_signals()
     try:
         if warning := calendar_warning(datetime.now(BUREAU_TZ).date()):
             log.error("%s", warning)
@@ -147,15 +140,8 @@ async def run_polling(settings: Settings, bureau: BureauConfig) -> int:
         log.info("polling as @%s", me.username)
         await bot.delete_webhook(drop_pending_updates=False)
         await set_commands(bot, settings.default_locale)
-        worker = create_outbox_worker(dp, sessionmaker, bot)
-        background = [asyncio.create_task(worker.run(stop)),
-                      asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
-        try:
+        async with background_work(dp, sessionmaker, bot, stop):
             return await Poller(dp, bot, settings.polling_timeout).run(stop)
-        finally:
-            stop.set()
-            await asyncio.gather(*background)
-            await record_sent_replies(dp)
     except TelegramUnauthorizedError:
         log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")
         return 2

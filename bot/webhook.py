@@ -19,9 +19,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from datetime import datetime
 
 from aiogram.exceptions import TelegramUnauthorizedError
@@ -30,18 +28,17 @@ from aiohttp import web
 
 from bot.app import (
     ALLOWED_UPDATES,
+    background_work,
     create_dispatcher,
-    create_maintenance,
-    create_outbox_worker,
     open_database,
-    record_sent_replies,
     set_commands,
+    stop_on_signals,
     telegram_bot,
+    telegram_pacer,
 )
 from bot.settings import Settings
 from dialogs.bureau import BureauConfig
 from handoff.deadlines import BUREAU_TZ, calendar_warning
-from handoff.pacer import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +47,11 @@ async def run_webhook(settings: Settings, bureau: BureauConfig, *, set_webhook: 
     assert settings.bot_token and settings.webhook_secret
     engine, sessionmaker = await open_database(settings)
     bot = telegram_bot(settings)
-    # One count of what goes to Telegram, for replies and the outbox.
-    dp = create_dispatcher(settings, sessionmaker, bureau,
-                           pacer=Pacer(global_per_second=settings.telegram_messages_per_second))
+    dp = create_dispatcher(settings, sessionmaker, bureau, pacer=telegram_pacer(settings))
     app = web.Application()
     SimpleRequestHandler(dispatcher=dp, bot=bot, secret_token=settings.webhook_secret,
                          handle_in_background=False).register(app, path=settings.webhook_path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     runner = web.AppRunner(app)
     try:
         if warning := calendar_warning(datetime.now(BUREAU_TZ).date()):
@@ -75,13 +67,10 @@ async def run_webhook(settings: Settings, bureau: BureauConfig, *, set_webhook: 
         await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
         log.info("webhook for @%s on %s:%s%s", me.username, settings.webhook_host, settings.webhook_port,
                  settings.webhook_path)
-        background = [asyncio.create_task(create_outbox_worker(dp, sessionmaker, bot).run(stop)),
-                      asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
-        await stop.wait()
-        # Stop taking requests first; requests in flight finish (aiohttp waits for them).
-        await runner.cleanup()
-        await asyncio.gather(*background)
-        await record_sent_replies(dp)
+        async with background_work(dp, sessionmaker, bot, stop):
+            await stop.wait()
+            # Stop taking requests first; requests in flight finish (aiohttp waits for them).
+            await runner.cleanup()
         return 0
     except TelegramUnauthorizedError:
         log.error("Telegram rejected the bot token (401): check PETITION_BOT_TOKEN")

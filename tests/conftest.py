@@ -24,6 +24,7 @@ from handoff.outbox import OutboxWorker
 from handoff.pacer import Pacer
 from storage import crypto
 from storage.db import create_engine, create_sessionmaker, migrate
+from tests.fake_bot_api import FakeBotAPI
 
 PG_URL = os.environ.get("PETITION_TEST_DATABASE_URL")
 TEST_DATA_KEY = "Vq7yqV3m4dW2m2sQ0mJ7gYfZr1X9kLpA8cN5bT6uE0w="
@@ -163,3 +164,12 @@ def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
 async def app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,
               clock: TestClock) -> App:
     return make_app(settings, sessionmaker, bureau, clock)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    """A Bot API server on loopback (real HTTP) for the bot processes a test starts."""
+    server = FakeBotAPI()
+    await server.start()
+    yield server
+    await server.stop()

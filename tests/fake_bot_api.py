@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,13 +49,38 @@ class Sent:
         return [(b["text"], b.get("callback_data", "")) for row in rows for b in row]
 
 
+#: A well-formed token for the processes the tests start against the fake API.
+TOKEN = "777000:fake-token-for-a-local-bot-api-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for_port(port: int, limit: float = 20.0) -> None:
+    """Until something listens on ``port`` (a started process is ready)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
 @dataclass
 class FakeBotAPI:
-    token: str
+    token: str = TOKEN
     bot_id: int = 4242
     pending: list[dict[str, Any]] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    #: Told of every message sent (the benchmark reads each chat's screen from it).
+    on_send: Callable[[Sent], None] | None = None
     #: The parameters of the latest call of each method.
     last_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     confirmed_up_to: int = 0
@@ -199,6 +225,8 @@ class FakeBotAPI:
 
     async def _m_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         self.sent.append(Sent("sendMessage", params))
+        if self.on_send is not None:
+            self.on_send(self.sent[-1])
         return {"message_id": next(self._message_ids), "date": int(time.time()),
                 "chat": {"id": int(params["chat_id"]), "type": "private"},
                 "from": {"id": self.bot_id, "is_bot": True, "first_name": "bot"},

@@ -52,7 +52,7 @@ from storage.db import create_engine, create_sessionmaker
 from storage.models import Case, CaseEvent, CitizenSession, LookupFailure, OutboxMessage
 from tests import conftest
 from tests.conftest import STAFF_CHAT, App, make_app
-from tests.fake_bot_api import FakeBotAPI
+from tests.fake_bot_api import TOKEN, FakeBotAPI
 from tests.flows import VALID_ID, ZH, file_petition, to_title
 from tests.test_intake_validation_e2e import Stored, answer_until, asked_again, reach, stored
 
@@ -103,7 +103,6 @@ async def _wait_until(check: Callable[[], Awaitable[bool]], limit: float, what: 
 # real processes: `python -m bot run` against the HTTP fake Bot API
 # =====================================================================================
 
-TOKEN = "777001:fake-token-for-the-fault-tests-0000"
 CITIZEN = 8801
 STAFF = -100777
 STAFF_ADMIN = 4040
@@ -164,13 +163,6 @@ class BotProcess:
             self.proc.kill()
             await self.proc.wait()
 
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    server = FakeBotAPI(TOKEN)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

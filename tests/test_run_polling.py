@@ -6,24 +6,13 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from bot.callbacks import IntakeButton
-from tests.fake_bot_api import FakeBotAPI
+from tests.fake_bot_api import TOKEN, FakeBotAPI
 
-TOKEN = "777000:fake-token-for-a-local-bot-api-server"
 CITIZEN = 8801
 
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    server = FakeBotAPI(TOKEN)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 class BotProcess:

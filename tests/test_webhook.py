@@ -5,35 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.fake_bot_api import FakeBotAPI
+from tests.fake_bot_api import TOKEN, FakeBotAPI, free_port, wait_for_port
 
-TOKEN = "777001:fake-token-for-the-webhook-test-000"
 SECRET = "s3cret-token-for-tests_0123456789"
 CITIZEN = 8811
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    server = FakeBotAPI(TOKEN)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _update(update_id: int, text: str) -> dict[str, Any]:
@@ -42,20 +25,8 @@ def _update(update_id: int, text: str) -> dict[str, Any]:
         "from": {"id": CITIZEN, "is_bot": False, "first_name": "C", "language_code": "zh"}, "text": text}}
 
 
-async def _wait_for_port(port: int, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
 async def test_webhook_checks_the_secret_and_handles_each_update_once(api: FakeBotAPI, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PETITION_BOT_TOKEN": TOKEN, "PETITION_TELEGRAM_API_URL": f"http://127.0.0.1:{api.port}",
            "PETITION_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
            "PETITION_WEBHOOK_URL": "https://bot.example.invalid", "PETITION_WEBHOOK_SECRET": SECRET,
@@ -64,7 +35,7 @@ async def test_webhook_checks_the_secret_and_handles_each_update_once(api: FakeB
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", "--webhook", env=env,
                                                 stdout=log, stderr=log)
     try:
-        await _wait_for_port(port)
+        await wait_for_port(port)
         assert "setWebhook" in api.calls
         # One connection by default: Telegram then sends the next update only after
         # this one was answered, so one chat's updates arrive and run in order.
