@@ -14,9 +14,9 @@ import functools
 import importlib.resources
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -53,6 +53,8 @@ DEFAULT_CONFIG_FILE = "dongguan.toml"
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 PositiveInt = Annotated[int, Field(gt=0)]
+
+T = TypeVar("T")
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -333,6 +335,7 @@ class BureauConfig(BaseModel):
     _category_keys: list[tuple[Category, tuple[str, ...], tuple[str, ...]]] = PrivateAttr(
         default_factory=list
     )
+    _derived: dict[Hashable, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_units_and_categories(self) -> BureauConfig:
@@ -385,6 +388,14 @@ class BureauConfig(BaseModel):
             )
             for c in self.categories
         ]
+
+    def derived(self, key: Hashable, build: Callable[[], T]) -> T:
+        """A value computed from this configuration once and kept (the model is frozen)."""
+        try:
+            value: T = self._derived[key]
+        except KeyError:
+            value = self._derived[key] = build()
+        return value
 
     def enabled_units(self) -> list[Unit]:
         """Units the citizen may pick, in file order (the city unit included)."""

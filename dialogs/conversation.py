@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from state_machine.intake import FLOW, Step
@@ -69,13 +69,20 @@ class Conversation:
     # -- persistence ----------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["id_required_for"], data["has_subcategories"]
-        return data
+        """The stored form. It shares the answers and attachments with this
+        conversation, which is not used once it is stored."""
+        return {name: getattr(self, name) for name in _STORED}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
         # A deep copy: the stored dict must stay as loaded, or the ORM would
-        # compare the changed conversation with itself and write nothing.
-        known = {k: copy.deepcopy(v) for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        # compare the changed conversation with itself and write nothing. The
+        # values are JSON, and a JSON round trip copies them faster than deepcopy.
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        return cls(**json.loads(json.dumps(known, ensure_ascii=False)))
+
+
+_FIELDS = frozenset(f.name for f in fields(Conversation))
+#: Set by the engine on every step, not stored.
+_STORED = tuple(name for name in (f.name for f in fields(Conversation))
+                if name not in ("id_required_for", "has_subcategories"))

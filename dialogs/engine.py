@@ -8,6 +8,7 @@ changes nothing: the same question comes back with the reason in front of it.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +56,14 @@ class Outcome:
 _FREE_TEXT_LIMIT_KEY = "free"
 _ID_NUMBER_MAX = 40
 _MB = 1024 * 1024
+
+
+@functools.cache
+def _fixed_options(step: Step, locale: str) -> tuple[S.Option, ...]:
+    """The options of a step with a fixed list of choices (the catalogs are fixed at start)."""
+    other = "en" if locale == "zh" else "zh"
+    return tuple(S.Option(v, t(locale, f"choice.{step}.{v}"), (t(other, f"choice.{step}.{v}"),))
+                 for v in S.SPECS[step].choices)
 
 
 class IntakeEngine:
@@ -407,9 +416,7 @@ class IntakeEngine:
     def _options(self, conv: Conversation, step: Step, locale: str) -> list[S.Option]:
         spec = S.SPECS[step]
         if spec.choices:
-            other = "en" if locale == "zh" else "zh"
-            return [S.Option(v, t(locale, f"choice.{step}.{v}"), (t(other, f"choice.{step}.{v}"),))
-                    for v in spec.choices]
+            return list(_fixed_options(step, locale))
         return S.dynamic_options(step, self.bureau, conv.answers, locale)
 
     def _option_rows(self, conv: Conversation, step: Step, locale: str) -> list[tuple[Button, ...]]:

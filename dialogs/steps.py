@@ -97,13 +97,21 @@ class Option:
 
 def dynamic_options(step: Step, bureau: BureauConfig, answers: dict[str, object],
                     locale: str) -> list[Option]:
-    """The options of a step whose list comes from the bureau's configuration."""
+    """The options of a step whose list comes from the bureau's configuration
+    (built once per step, category and language: the unit list is long)."""
+    category = str(answers.get(Step.CATEGORY.value, "")) if step is Step.SUBCATEGORY else ""
+    built = bureau.derived(("options", step, category, locale),
+                           lambda: tuple(_build_options(step, bureau, category, locale)))
+    return list(built)
+
+
+def _build_options(step: Step, bureau: BureauConfig, category_code: str, locale: str) -> list[Option]:
     english = locale == "en"
     if step is Step.CATEGORY:
         return [Option(c.code, c.name_en if english else c.name_zh,
                        (c.name_zh, c.name_en, *c.aliases)) for c in bureau.categories]
     if step is Step.SUBCATEGORY:
-        category = bureau.category(str(answers.get(Step.CATEGORY.value, "")))
+        category = bureau.category(category_code)
         subs: Sequence[Any] = category.subcategories if category else ()
         return [Option(s.code, s.name_en if english else s.name_zh,
                        (s.name_zh, s.name_en, *s.aliases)) for s in subs]
@@ -111,7 +119,6 @@ def dynamic_options(step: Step, bureau: BureauConfig, answers: dict[str, object]
         return [Option(u.code, u.name_en if english else u.name_zh,
                        (u.name_zh, u.name_en, *u.aliases)) for u in bureau.enabled_units()]
     raise ValueError(f"{step} has no dynamic options")
-
 
 
 def search_options(step: Step, bureau: BureauConfig, options: list[Option], query: str) -> list[Option]:

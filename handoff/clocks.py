@@ -122,9 +122,11 @@ class Clocks:
         pending = [at for name, at in self._reminder_points(clock) if name not in clock.reminders_sent]
         clock.next_reminder_at = pending[0] if pending and clock.stopped_at is None else None
 
-    async def on_event(self, session: AsyncSession, case: Case, event: str, now: datetime) -> None:
-        """Start and stop the clocks an event moves; refresh the case's next due date."""
-        running = list((await session.scalars(select(CaseClock).where(
+    async def on_event(self, session: AsyncSession, case: Case, event: str, now: datetime, *,
+                       new_case: bool = False) -> None:
+        """Start and stop the clocks an event moves; refresh the case's next due date.
+        A ``new_case`` has no clocks yet, so none are looked up."""
+        running: list[CaseClock] = [] if new_case else list((await session.scalars(select(CaseClock).where(
             CaseClock.case_id == case.id, CaseClock.stopped_at.is_(None)))).all())
         stops = set(RULES) if event in ENDS_ALL else set(STOPS.get(event, ()))
         for clock in running:
@@ -137,7 +139,7 @@ class Clocks:
                 self._schedule(clock)
         for name in STARTS.get(event, ()):
             due_on, estimated = self._due(name, case, now)
-            clock = CaseClock(case_id=case.id, clock=name, started_at=now, due_on=due_on, estimated=estimated,
+            clock = CaseClock(case=case, clock=name, started_at=now, due_on=due_on, estimated=estimated,
                               stopped_at=None, reminders_sent=[])
             self._schedule(clock)
             session.add(clock)

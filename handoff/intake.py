@@ -29,7 +29,7 @@ from state_machine.case import TERMINAL_VALUES
 from state_machine.intake import Step
 from storage.crypto import lookup_hash
 from storage.models import Case, CaseEvent, CitizenSession
-from storage.repositories import CaseRepository
+from storage.repositories import CaseRepository, Petitioner
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,18 @@ class IntakeService:
                 self._store(citizen, None)
                 return replies
             sub = replace(sub, merge=False)  # the open case has closed meanwhile: file it
-        if sub is not None and sub.repeat_of is None and not conv.repeat_ack:
-            same = await CaseRepository(session).open_same_matter(
-                citizen.user_id, sub.answers["phone"], sub.answers.get("id_number") or None,
-                sub.answers["category"], sub.answers["location"],
-                f"{sub.answers['title']} {sub.answers['request']}")
-            if same is not None:
-                conv.repeat_of = same
-                replies.append(self.engine.repeat_question(conv))
-                self._store(citizen, conv)
-                return replies
         if sub is not None:
-            tracking, code = await self._submit(session, citizen, sub, now)
+            a = sub.answers
+            earlier = await CaseRepository(session).petitioner(
+                citizen.user_id, a["phone"], a.get("id_number") or None, a["category"], a["location"])
+            if sub.repeat_of is None and not conv.repeat_ack:
+                same = earlier.open_same_matter(a["category"], a["location"], f"{a['title']} {a['request']}")
+                if same is not None:
+                    conv.repeat_of = same
+                    replies.append(self.engine.repeat_question(conv))
+                    self._store(citizen, conv)
+                    return replies
+            tracking, code = await self._submit(session, citizen, sub, earlier, now)
             replies.append(Reply.text("submitted.receipt", tracking=tracking, code=code))
             log.info("case %s submitted", tracking)
         elif outcome.conversation is not None and outcome.conversation.state == Step.SUMMARY:
@@ -123,7 +123,7 @@ class IntakeService:
             citizen.state, citizen.data = conv.state, conv.to_json()
 
     async def _submit(self, session: AsyncSession, citizen: CitizenSession,
-                      sub: Submission, now: datetime) -> tuple[str, str]:
+                      sub: Submission, earlier: Petitioner, now: datetime) -> tuple[str, str]:
         cases = CaseRepository(session)
         for _ in range(_NUMBER_ATTEMPTS):
             tracking = new_tracking_number(self.bureau.bureau.code)
@@ -154,12 +154,11 @@ class IntakeService:
             CaseEvent(at=now, actor_kind="citizen", actor_id=citizen.user_id,
                       action="submitted", status="submitted"),
         ]
-        case.final_same_matter = await cases.final_same_matter(
-            citizen.user_id, case.phone, case.id_number, case.category, case.location)
+        case.final_same_matter = earlier.final_same_matter
         case.possible_repeat_of = sub.repeat_of
-        case.first_time = not await cases.has_filed_before(citizen.user_id, case.phone, case.id_number)
-        await cases.add(case, sub.attachments, events)
-        await self.clocks.on_event(session, case, "submitted", now)
+        case.first_time = not earlier.filed_before
+        cases.add(case, sub.attachments, events)
+        await self.clocks.on_event(session, case, "submitted", now, new_case=True)
         self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code
 
@@ -184,21 +183,21 @@ class IntakeService:
                         case.tracking_number)
             return
         if case.emergency:
-            enqueue(session, kind="text", chat_id=chat, case_id=case.id, now=now, priority=PRIORITY_URGENT,
+            enqueue(session, kind="text", chat_id=chat, case=case, now=now, priority=PRIORITY_URGENT,
                     payload={"text": str(t(self.staff_locale, "staff.urgent", tracking=case.tracking_number))})
-        enqueue(session, kind="card", chat_id=chat, case_id=case.id, now=now)
+        enqueue(session, kind="card", chat_id=chat, case=case, now=now)
         for group in _albums(attachments):
             caption = str(t(self.staff_locale, "staff.attachment", tracking=case.tracking_number))
             base = {"reply_to_card": True, "map_replies": True}
             if len(group) == 1:
                 item = group[0]
                 text = caption + (f"\n{item['caption']}" if item.get("caption") else "")
-                enqueue(session, kind="file", chat_id=chat, case_id=case.id, now=now,
+                enqueue(session, kind="file", chat_id=chat, case=case, now=now,
                         payload={**base, "file_kind": item["kind"], "file_id": item["file_id"], "caption": text})
             else:
                 items = [{"kind": i["kind"], "file_id": i["file_id"],
                           "caption": caption if n == 0 else i.get("caption")} for n, i in enumerate(group)]
-                enqueue(session, kind="album", chat_id=chat, case_id=case.id, now=now,
+                enqueue(session, kind="album", chat_id=chat, case=case, now=now,
                         payload={**base, "items": items})
 
 

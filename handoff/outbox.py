@@ -119,10 +119,14 @@ class Transport(Protocol):
 
 def enqueue(session: AsyncSession, *, kind: str, chat_id: int, now: datetime,
             case_id: int | None = None, payload: dict[str, Any] | None = None,
-            priority: int = PRIORITY_STAFF) -> OutboxMessage:
+            priority: int = PRIORITY_STAFF, case: Case | None = None) -> OutboxMessage:
+    """Queue a message in the caller's transaction. ``case`` instead of
+    ``case_id`` for a case not written yet (created in this transaction)."""
     row = OutboxMessage(kind=kind, chat_id=chat_id, case_id=case_id, payload=payload or {},
                         priority=priority, status="pending", attempts=0, next_attempt_at=now,
                         created_at=now)
+    if case is not None:
+        row.case = case
     session.add(row)
     session.info["outbox_dirty"] = True
     return row

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -133,24 +134,64 @@ async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *,
     return {row.user_id: row for row in (await session.scalars(stmt)).all()}
 
 
+def _petitioner_statement(with_id: bool) -> Any:
+    same_person = or_(Case.citizen_user_id == bindparam("user_id"), Case.phone_hash == bindparam("phone_hash"),
+                      *([Case.id_hash == bindparam("id_hash")] if with_id else []))
+    final_same = and_(Case.status == "final", Case.category == bindparam("category"),
+                      Case.location == bindparam("location"))
+    rank = case((final_same, 0), (Case.status.not_in(CLOSED_STATUSES), 1), else_=2)
+    return (select(rank, Case.tracking_number, Case.category, Case.location, Case.title, Case.request)
+            .where(same_person).order_by(rank, Case.submitted_at.desc()).limit(bindparam("limit")))
+
+
+#: CaseRepository.petitioner's query, with and without an ID number to compare.
+_PETITIONER = {with_id: _petitioner_statement(with_id) for with_id in (False, True)}
+
+
+class OpenCase(NamedTuple):
+    tracking_number: str
+    category: str
+    location: str
+    title: str
+    request: str
+
+
+@dataclass(frozen=True)
+class Petitioner:
+    """A petitioner's earlier cases, as far as a new filing is concerned."""
+
+    #: Any earlier case of the same account, phone or ID number.
+    filed_before: bool
+    #: The latest case on the same matter that is final after re-review (art. 36 ¶3).
+    final_same_matter: str | None
+    #: Open cases, newest first.
+    open_cases: list[OpenCase]
+
+    def open_same_matter(self, category: str, location: str, text: str, *,
+                         similarity: float = 0.6) -> str | None:
+        """An open case with the same category and location, or with clearly
+        similar words (art. 19 ¶3)."""
+        for number, cat, loc, title, request in self.open_cases:
+            if (cat, loc) == (category, location):
+                return number
+            if SequenceMatcher(None, text, f"{title} {request}").ratio() >= similarity:
+                return number
+        return None
+
+
 class CaseRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
     async def tracking_number_taken(self, number: str) -> bool:
-        return bool(await self.session.scalar(select(exists().where(Case.tracking_number == number))))
+        """Whether a written case has this number. Not flushed first (a batch's
+        pending writes are not cases' numbers to check): a clash with a case
+        still pending is refused by the unique constraint at the commit."""
+        with self.session.no_autoflush:
+            return bool(await self.session.scalar(select(exists().where(Case.tracking_number == number))))
 
     async def by_tracking_number(self, number: str) -> Case | None:
         return await self.session.scalar(select(Case).where(Case.tracking_number == number))
-
-    async def final_same_matter(self, user_id: int, phone: str, id_number: str | None, category: str,
-                                location: str) -> str | None:
-        """A case of the same petitioner on the same matter that is final after re-review (art. 36 ¶3)."""
-        same_person = self._same_person(user_id, phone, id_number)
-        return await self.session.scalar(
-            select(Case.tracking_number).where(same_person, Case.status == "final", Case.category == category,
-                                               Case.location == location)
-            .order_by(Case.submitted_at.desc()).limit(1))
 
     @staticmethod
     def _same_person(user_id: int, phone: str, id_number: str | None) -> Any:
@@ -158,30 +199,32 @@ class CaseRepository:
         return or_(Case.citizen_user_id == user_id, Case.phone_hash == lookup_hash(phone),
                    *([Case.id_hash == lookup_hash(id_number)] if id_number else []))
 
-    async def has_filed_before(self, user_id: int, phone: str, id_number: str | None) -> bool:
-        return bool(await self.session.scalar(select(exists().where(self._same_person(user_id, phone, id_number)))))
+    async def petitioner(self, user_id: int, phone: str, id_number: str | None, category: str,
+                         location: str, *, limit: int = 50) -> Petitioner:
+        """What a new filing must know of the same petitioner's earlier cases, in one query.
 
-    async def open_same_matter(self, user_id: int, phone: str, id_number: str | None, category: str,
-                               location: str, text: str, *, similarity: float = 0.6) -> str | None:
-        """An open case of the same petitioner with the same category and location,
-        or with clearly similar words (art. 19 ¶3)."""
-        rows = (await self.session.execute(
-            select(Case.tracking_number, Case.category, Case.location, Case.title, Case.request)
-            .where(self._same_person(user_id, phone, id_number), Case.status.not_in(CLOSED_STATUSES))
-            .order_by(Case.submitted_at.desc()).limit(50))).all()
-        for number, cat, loc, title, request in rows:
-            if (cat, loc) == (category, location):
-                return str(number)
-            if SequenceMatcher(None, text, f"{title} {request}").ratio() >= similarity:
-                return str(number)
-        return None
+        The rows come most relevant first: a case on the same matter (category
+        and location) that is final after re-review, then open cases (newest
+        first, at most ``limit``), then any other case (only its existence counts).
+        Cases added in this transaction are not written yet and not seen: two
+        filings of one petitioner in one polling batch are not compared with
+        each other (one chat's second filing waits for the first's reply).
+        """
+        with self.session.no_autoflush:
+            rows = (await self.session.execute(_PETITIONER[id_number is not None], {
+                "user_id": user_id, "phone_hash": lookup_hash(phone), "id_hash": lookup_hash(id_number),
+                "category": category, "location": location, "limit": limit + 1})).all()
+        return Petitioner(
+            filed_before=bool(rows),
+            final_same_matter=str(rows[0][1]) if rows and rows[0][0] == 0 else None,
+            open_cases=[OpenCase(*row[1:]) for row in rows if row[0] == 1][:limit],
+        )
 
-    async def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
+    def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
+        """A new case with its files and first events. Nothing is written yet:
+        the case gets its id when the transaction is flushed, so whatever else
+        refers to it in this transaction must refer to the object (``case=``)."""
+        case.attachments = [Attachment(position=position, **item) for position, item in enumerate(attachments)]
+        case.events = list(events)
         self.session.add(case)
-        await self.session.flush()
-        for position, item in enumerate(attachments):
-            self.session.add(Attachment(case_id=case.id, position=position, **item))
-        for entry in events:
-            entry.case_id = case.id
-            self.session.add(entry)
         return case

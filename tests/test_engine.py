@@ -3,6 +3,7 @@ submission out."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -218,7 +219,7 @@ def test_a_refused_answer_changes_nothing_and_asks_again(engine: IntakeEngine, c
     conv = conversation_at(engine, case.step, matter=case.matter)
     for _ in range(case.files_before):
         answer(engine, conv, photo())
-    before = conv.to_json()
+    before = copy.deepcopy(conv.to_json())
 
     outcome = answer(engine, conv, case.bad)
 
@@ -366,7 +367,7 @@ def test_back_to_summary_in_the_edit_menu_shows_the_summary_again(engine: Intake
 
 def test_a_forged_edit_of_a_question_that_does_not_apply_is_refused(engine: IntakeEngine) -> None:
     conv = conversation_at(engine, Step.SUMMARY, matter="suggestion")
-    before = conv.to_json()
+    before = copy.deepcopy(conv.to_json())
     [reply] = answer(engine, conv, press(f"{S.EDIT_PREFIX}id_number")).replies
     assert conv.to_json() == before
     assert keys(reply) == ["error.choice.unknown"]
