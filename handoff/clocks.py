@@ -23,6 +23,7 @@ from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.deadlines import BUREAU_TZ, estimated_due_date
 from handoff.outbox import PRIORITY_STAFF, enqueue
+from storage.later import insert_at_commit
 from storage.models import Case, CaseClock
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,13 @@ class Clocks:
                 self._schedule(clock)
         for name in STARTS.get(event, ()):
             due_on, estimated = self._due(name, case, now)
-            clock = CaseClock(case=case, clock=name, started_at=now, due_on=due_on, estimated=estimated,
+            clock = CaseClock(case_id=case.id, clock=name, started_at=now, due_on=due_on, estimated=estimated,
                               stopped_at=None, reminders_sent=[])
             self._schedule(clock)
-            session.add(clock)
+            if new_case:  # written with the case's events at the commit
+                insert_at_commit(session, clock, case)
+            else:
+                session.add(clock)
             running.append(clock)
         self._summarise(case, [c for c in running if c.stopped_at is None], now)
 

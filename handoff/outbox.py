@@ -33,6 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from handoff.pacer import Pacer
+from storage.later import insert_at_commit
 from storage.models import Case, CaseEvent, OutboxMessage, StaffMessage
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,15 @@ def enqueue(session: AsyncSession, *, kind: str, chat_id: int, now: datetime,
             case_id: int | None = None, payload: dict[str, Any] | None = None,
             priority: int = PRIORITY_STAFF, case: Case | None = None) -> OutboxMessage:
     """Queue a message in the caller's transaction. ``case`` instead of
-    ``case_id`` for a case not written yet (created in this transaction)."""
+    ``case_id`` for a case created in this transaction: the row is then written
+    at the commit (:mod:`storage.later`)."""
     row = OutboxMessage(kind=kind, chat_id=chat_id, case_id=case_id, payload=payload or {},
                         priority=priority, status="pending", attempts=0, next_attempt_at=now,
                         created_at=now)
     if case is not None:
-        row.case = case
-    session.add(row)
+        insert_at_commit(session, row, case)
+    else:
+        session.add(row)
     session.info["outbox_dirty"] = True
     return row
 

@@ -265,9 +265,6 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
-    #: Set instead of ``case_id`` for a case created in the same transaction:
-    #: the id is filled in when everything is written (no flush before).
-    case: Mapped[Case | None] = relationship(lazy="raise")
 
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
 
@@ -346,7 +343,6 @@ class CaseClock(Base):
     #: When the next reminder is due (None: none left); the scheduler's index.
     next_reminder_at: Mapped[datetime | None] = mapped_column(index=True)
     reminders_sent: Mapped[list[str]] = mapped_column(JSON, default=list)
-    case: Mapped[Case] = relationship(lazy="raise")
 
 
 class ChannelCount(Base):

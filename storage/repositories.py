@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.crypto import lookup_hash
+from storage.later import insert_at_commit
 from storage.models import Attachment, Case, CaseEvent, CitizenSession, ProcessedUpdate
 
 #: Statuses after which a case is no longer open: the lifecycle's terminal states
@@ -221,10 +222,11 @@ class CaseRepository:
         )
 
     def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
-        """A new case with its files and first events. Nothing is written yet:
-        the case gets its id when the transaction is flushed, so whatever else
-        refers to it in this transaction must refer to the object (``case=``)."""
+        """A new case with its files and first events. Nothing is written before
+        the transaction's flush (the case) and commit (its events, see
+        :mod:`storage.later`)."""
         case.attachments = [Attachment(position=position, **item) for position, item in enumerate(attachments)]
-        case.events = list(events)
         self.session.add(case)
+        for entry in events:
+            insert_at_commit(self.session, entry, case)
         return case

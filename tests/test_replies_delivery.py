@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiogram.exceptions import TelegramForbiddenError, TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import middlewares
@@ -24,9 +25,11 @@ from dialogs.i18n import t
 from handoff.intake import IntakeService
 from handoff.pacer import Pacer
 from state_machine.intake import Step
+from storage.later import insert_at_commit
+from storage.models import Case, CaseClock, CaseEvent, OutboxMessage
 from tests import conftest
 from tests.conftest import App
-from tests.flows import to_title
+from tests.flows import ZH, file_petition, to_summary, to_title
 from tests.test_intake_validation_e2e import stored
 
 
@@ -159,6 +162,74 @@ async def test_an_update_that_fails_in_a_batch_costs_only_itself(
     assert good.texts_since(good_mark) == [_request_question(app)], "answered once, not twice"
     assert (await stored(app, bad)).state == Step.TITLE
     assert bad.texts_since(bad_mark) == [t("zh", "retry_later")]
+
+
+async def _written(app: App) -> list[tuple[Case, list[str], list[str], list[str]]]:
+    """Each case with its timeline, its clocks and its outbox rows, as stored."""
+    async with app.sessionmaker() as session:
+        cases = (await session.scalars(select(Case).order_by(Case.id))).all()
+        return [(case,
+                 list((await session.scalars(select(CaseEvent.action).where(CaseEvent.case_id == case.id)
+                                             .order_by(CaseEvent.id))).all()),
+                 list((await session.scalars(select(CaseClock.clock).where(CaseClock.case_id == case.id))).all()),
+                 list((await session.scalars(select(OutboxMessage.kind)
+                                             .where(OutboxMessage.case_id == case.id))).all()))
+                for case in cases]
+
+
+async def test_filings_confirmed_in_one_batch_are_each_written_whole(app: App) -> None:
+    people = [app.sim.citizen(user_id=4001 + i) for i in range(3)]
+    for person in people:
+        await to_summary(person, phone=f"139 1234 56{person.user.id % 100:02d}")
+
+    await process_batch(app.sim.dp, app.sim.bot, [p.press_update(ZH["confirm"]) for p in people])
+
+    written = await _written(app)
+    assert [case.citizen_user_id for case, *_ in written] == [p.user.id for p in people]
+    for (case, timeline, clocks, outbox), person in zip(written, people, strict=True):
+        assert timeline == ["consented", "submitted"]
+        assert clocks == ["route"]
+        assert outbox == ["card"]
+        assert case.tracking_number in person.last_text and "已提交" in person.last_text
+
+
+async def test_a_batch_redone_one_by_one_writes_each_filing_once(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    filer, bad = app.sim.citizen(user_id=4101), app.sim.citizen(user_id=4102)
+    await to_summary(filer)
+    await to_title(bad)
+    handle = IntakeService.handle
+
+    async def failing(self: IntakeService, session: Any, citizen: Any, inp: Any, now: Any) -> Any:
+        if citizen.user_id == bad.user.id:
+            raise RuntimeError("a bug in one handler")
+        return await handle(self, session, citizen, inp, now)
+
+    monkeypatch.setattr(IntakeService, "handle", failing)
+    await process_batch(app.sim.dp, app.sim.bot, [filer.press_update(ZH["confirm"]),
+                                                  bad.message_update(text="拖欠工资")])
+
+    [(case, timeline, clocks, outbox)] = await _written(app)
+    assert (timeline, clocks, outbox) == (["consented", "submitted"], ["route"], ["card"])
+    assert case.tracking_number in filer.last_text
+
+
+async def test_rows_kept_for_the_commit_are_forgotten_when_the_transaction_rolls_back(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    [(case, before, _, _)] = await _written(app)
+
+    async with app.sessionmaker() as session:
+        with pytest.raises(RuntimeError):
+            async with session.begin():
+                session.add(case)
+                insert_at_commit(session, CaseEvent(at=case.submitted_at, actor_kind="system", actor_id=None,
+                                                    action="note", status=case.status), case)
+                raise RuntimeError("rolled back")
+        async with session.begin():  # the next transaction of the same session
+            pass
+
+    [(_, after, _, _)] = await _written(app)
+    assert after == before
 
 
 # -- one count of what goes to Telegram -------------------------------------------------------
