@@ -84,7 +84,8 @@ class IntakeService:
         if sub is not None:
             a = sub.answers
             earlier = await CaseRepository(session).petitioner(
-                citizen.user_id, a["phone"], a.get("id_number") or None, a["category"], a["location"])
+                citizen.user_id, a["phone"], a.get("id_number") or None, a["category"], a["location"],
+                new_tracking_number(self.bureau.bureau.code))
             if sub.repeat_of is None and not conv.repeat_ack:
                 same = earlier.open_same_matter(a["category"], a["location"], f"{a['title']} {a['request']}")
                 if same is not None:
@@ -125,12 +126,8 @@ class IntakeService:
     async def _submit(self, session: AsyncSession, citizen: CitizenSession,
                       sub: Submission, earlier: Petitioner, now: datetime) -> tuple[str, str]:
         cases = CaseRepository(session)
-        for _ in range(_NUMBER_ATTEMPTS):
-            tracking = new_tracking_number(self.bureau.bureau.code)
-            if not await cases.tracking_number_taken(tracking):
-                break
-        else:  # pragma: no cover - astronomically unlikely
-            raise RuntimeError("could not allocate a free tracking number")
+        # The number drawn was checked by the petitioner's query.
+        tracking = await self._free_number(cases) if earlier.number_taken else earlier.number
         code, code_hash = await self.codes.take()  # made ahead: scrypt costs ~15 ms
         a = sub.answers
         case = Case(
@@ -161,6 +158,14 @@ class IntakeService:
         await self.clocks.on_event(session, case, "submitted", now, new_case=True)
         self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code
+
+    async def _free_number(self, cases: CaseRepository) -> str:
+        """Another tracking number, when the one drawn first was taken (rare)."""
+        for _ in range(_NUMBER_ATTEMPTS):
+            tracking = new_tracking_number(self.bureau.bureau.code)
+            if not await cases.tracking_number_taken(tracking):
+                return tracking
+        raise RuntimeError("could not allocate a free tracking number")  # pragma: no cover
 
     def _page_staff(self, session: AsyncSession, citizen: CitizenSession, said: str, now: datetime) -> None:
         """Emergency words before any case exists: page the staff at once, ahead of everything."""

@@ -1,12 +1,18 @@
-"""Rows written at the commit, one statement per table.
+"""New cases and their first rows, written at the commit: one statement per table.
 
 On SQLite the ORM inserts a row whose id the database makes one statement at a
 time: it cannot tell which new id belongs to which object in a multi-row
 insert there. A new case comes with its events, its first clock and its staff
-messages, so every filing would cost a round trip per row. Nothing reads those
-rows back before the commit, so they are kept here (transient objects, never
-added to the session) and written when the transaction commits: first the flush
-that gives their case its id, then one executemany per table.
+card, so every filing would cost several round trips. Nothing reads those rows
+back before the commit, so they are kept here (new objects, never added to the
+session) and written when the transaction commits: the cases in one
+multi-row insert that returns each id with the case's tracking number (unique,
+so the ids are matched whatever order the database returns them in), then
+everything that refers to them, one executemany per table.
+
+What this means for the transaction that files a case: the case and its rows
+are not visible to its own queries (an ORM flush does not write them), which
+is why only a new case and rows that nothing reads back go through here.
 
 Registered on every ``Session`` (and so every ``AsyncSession``): whoever
 commits the transaction writes them, and a rollback forgets them.
@@ -27,34 +33,52 @@ from storage.models import Base, Case
 _KEY = "insert_at_commit"
 
 
-def insert_at_commit(session: AsyncSession | Session, row: Base, case: Case) -> None:
-    """Write ``row`` (a new object, not added to the session) at the commit,
-    with ``case_id`` set to ``case``'s id by then."""
+def insert_at_commit(session: AsyncSession | Session, row: Base, case: Case | None = None) -> None:
+    """Write ``row`` (a new object, not added to the session) at the commit.
+    ``case``: a case the row belongs to, whose id goes into ``case_id`` then
+    (itself a new case written here, or one already stored)."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
     sync.info.setdefault(_KEY, []).append((row, case))
 
 
-def _values(row: Base, case: Case) -> dict[str, Any]:
+def _values(row: Base, case: Case | None) -> dict[str, Any]:
     """The row's column values as set (unset columns take their defaults)."""
     values = {attr.columns[0].key: row.__dict__[attr.key] for attr in inspect(type(row)).column_attrs
               if attr.key in row.__dict__}
-    values["case_id"] = case.id
+    if case is not None:
+        if case.id is None:
+            raise RuntimeError("a row refers to a case that was neither stored nor kept for the commit")
+        values["case_id"] = case.id
     return values
 
 
 @event.listens_for(Session, "before_commit")
 def _write(session: Session) -> None:
-    pending: list[tuple[Base, Case]] | None = session.info.pop(_KEY, None)
+    pending: list[tuple[Base, Case | None]] | None = session.info.pop(_KEY, None)
     if not pending:
         return
-    session.flush()  # the cases get their ids
+    _write_cases(session, [row for row, _ in pending if isinstance(row, Case)])
     by_table: dict[Table, list[dict[str, Any]]] = defaultdict(list)
     for row, case in pending:
-        by_table[row.__table__].append(_values(row, case))  # type: ignore[index]
+        if not isinstance(row, Case):
+            by_table[row.__table__].append(_values(row, case))  # type: ignore[index]
     for table, rows in by_table.items():
         _fill_nulls(table, rows)
         for _, same in groupby(rows, key=lambda r: sorted(r)):
             session.execute(table.insert(), list(same))
+
+
+def _write_cases(session: Session, cases: list[Case]) -> None:
+    if not cases:
+        return
+    table: Table = Case.__table__  # type: ignore[assignment]
+    rows = [_values(case, None) for case in cases]
+    _fill_nulls(table, rows)
+    by_number = {case.tracking_number: case for case in cases}
+    for _, same in groupby(rows, key=lambda r: sorted(r)):
+        result = session.execute(table.insert().returning(table.c.id, table.c.tracking_number), list(same))
+        for row in result.all():
+            by_number[str(row.tracking_number)].id = int(row.id)
 
 
 def _fill_nulls(table: Table, rows: list[dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime
 from difflib import SequenceMatcher
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, and_, bindparam, case, delete, exists, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, exists, literal, null, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -136,13 +136,19 @@ async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *,
 
 
 def _petitioner_statement(with_id: bool) -> Any:
+    """The petitioner's cases, most relevant first (see CaseRepository.petitioner),
+    and a row with rank -1 if the new case's tracking number is taken."""
     same_person = or_(Case.citizen_user_id == bindparam("user_id"), Case.phone_hash == bindparam("phone_hash"),
                       *([Case.id_hash == bindparam("id_hash")] if with_id else []))
     final_same = and_(Case.status == "final", Case.category == bindparam("category"),
                       Case.location == bindparam("location"))
     rank = case((final_same, 0), (Case.status.not_in(CLOSED_STATUSES), 1), else_=2)
-    return (select(rank, Case.tracking_number, Case.category, Case.location, Case.title, Case.request)
-            .where(same_person).order_by(rank, Case.submitted_at.desc()).limit(bindparam("limit")))
+    history = (select(rank.label("rank"), Case.submitted_at, Case.tracking_number, Case.category, Case.location,
+                      Case.title, Case.request)
+               .where(same_person).order_by(rank, Case.submitted_at.desc()).limit(bindparam("limit")).subquery())
+    taken = (select(literal(-1), null(), Case.tracking_number, null(), null(), null(), null())
+             .where(Case.tracking_number == bindparam("number")))
+    return union_all(select(history), taken)
 
 
 #: CaseRepository.petitioner's query, with and without an ID number to compare.
@@ -161,6 +167,9 @@ class OpenCase(NamedTuple):
 class Petitioner:
     """A petitioner's earlier cases, as far as a new filing is concerned."""
 
+    #: The tracking number drawn for the new case, and whether a case has it already.
+    number: str
+    number_taken: bool
     #: Any earlier case of the same account, phone or ID number.
     filed_before: bool
     #: The latest case on the same matter that is final after re-review (art. 36 ¶3).
@@ -201,32 +210,37 @@ class CaseRepository:
                    *([Case.id_hash == lookup_hash(id_number)] if id_number else []))
 
     async def petitioner(self, user_id: int, phone: str, id_number: str | None, category: str,
-                         location: str, *, limit: int = 50) -> Petitioner:
-        """What a new filing must know of the same petitioner's earlier cases, in one query.
+                         location: str, number: str, *, limit: int = 50) -> Petitioner:
+        """What a new filing must know of the same petitioner's earlier cases,
+        and whether the tracking number drawn for it is taken, in one query.
 
-        The rows come most relevant first: a case on the same matter (category
-        and location) that is final after re-review, then open cases (newest
-        first, at most ``limit``), then any other case (only its existence counts).
-        Cases added in this transaction are not written yet and not seen: two
-        filings of one petitioner in one polling batch are not compared with
-        each other (one chat's second filing waits for the first's reply).
+        Most relevant first: a case on the same matter (category and location)
+        that is final after re-review, then open cases (newest first, at most
+        ``limit``), then any other case (only its existence counts). Cases
+        filed in this transaction are not written yet (:meth:`add`), so two
+        filings of one petitioner in one polling batch are not compared (one
+        chat's second filing waits for the first's reply anyway).
         """
         with self.session.no_autoflush:
             rows = (await self.session.execute(_PETITIONER[id_number is not None], {
                 "user_id": user_id, "phone_hash": lookup_hash(phone), "id_hash": lookup_hash(id_number),
-                "category": category, "location": location, "limit": limit + 1})).all()
+                "category": category, "location": location, "limit": limit + 1, "number": number})).all()
+        mine = sorted((r for r in rows if r.rank >= 0), key=lambda r: r.submitted_at, reverse=True)
+        mine.sort(key=lambda r: r.rank)  # stable: newest first within a rank
         return Petitioner(
-            filed_before=bool(rows),
-            final_same_matter=str(rows[0][1]) if rows and rows[0][0] == 0 else None,
-            open_cases=[OpenCase(*row[1:]) for row in rows if row[0] == 1][:limit],
+            number=number, number_taken=any(r.rank < 0 for r in rows),
+            filed_before=bool(mine),
+            final_same_matter=str(mine[0].tracking_number) if mine and mine[0].rank == 0 else None,
+            open_cases=[OpenCase(*r[2:]) for r in mine if r.rank == 1][:limit],
         )
 
     def add(self, case: Case, attachments: Iterable[dict[str, Any]], events: Iterable[CaseEvent]) -> Case:
-        """A new case with its files and first events. Nothing is written before
-        the transaction's flush (the case) and commit (its events, see
-        :mod:`storage.later`)."""
-        case.attachments = [Attachment(position=position, **item) for position, item in enumerate(attachments)]
-        self.session.add(case)
+        """A new case with its files and first events, written when the
+        transaction commits (:mod:`storage.later`): until then this
+        transaction's queries do not see it."""
+        insert_at_commit(self.session, case)
+        for position, item in enumerate(attachments):
+            insert_at_commit(self.session, Attachment(position=position, **item), case)
         for entry in events:
             insert_at_commit(self.session, entry, case)
         return case

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import func, select
 
 from bot.render import visible_length
+from handoff import intake
 from storage.models import Attachment, Case, CaseEvent, CitizenSession
 from tests.conftest import App
 from tests.flows import EN, VALID_ID, ZH, file_petition, to_attachments, to_summary, to_title
@@ -322,3 +324,18 @@ async def test_case_count_is_one_row_per_confirm(app: App) -> None:
     await file_petition(citizen)
     async with app.sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(Case)) == 2
+
+
+async def test_a_tracking_number_already_given_is_never_given_again(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _ = await file_petition(app.sim.citizen())
+    free = next(n for n in iter(lambda: intake.new_tracking_number("DG"), None) if n != first)
+    fresh = iter([first, first, free])  # drawn: taken, taken again, then free
+    monkeypatch.setattr(intake, "new_tracking_number", lambda prefix: next(fresh))
+
+    second, _ = await file_petition(app.sim.citizen(), phone="138 0013 8000", title="噪音扰民")
+
+    assert second == free
+    async with app.sessionmaker() as session:
+        numbers = (await session.scalars(select(Case.tracking_number).order_by(Case.id))).all()
+    assert numbers == [first, second]
