@@ -4,6 +4,7 @@ tests all call :func:`create_dispatcher`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -138,11 +139,25 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def freeze_startup_objects() -> None:
+    """Take what start-up made (modules, schemas, catalogs, the bureau's
+    configuration) out of the garbage collector's sight.
+
+    Those objects live as long as the process, yet every full collection
+    walks them all: measured here, one took ~150 ms, during which every update
+    in flight waits. Frozen, a full collection walks only what came after.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 @asynccontextmanager
 async def background_work(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,
                           stop: asyncio.Event) -> AsyncIterator[None]:
     """The outbox worker and the maintenance tick while the bot runs. On the way
-    out they stop, and which replies went out is written, so none is sent again."""
+    out they stop, and which replies went out is written, so none is sent again.
+    Start-up is over by then: its objects are frozen (:func:`freeze_startup_objects`)."""
+    freeze_startup_objects()
     tasks = [asyncio.create_task(create_outbox_worker(dp, sessionmaker, bot).run(stop)),
              asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
     try:

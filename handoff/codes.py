@@ -4,9 +4,12 @@ A query code is stored only as a salted scrypt hash (``dialogs.tracking``),
 and one hash costs about 15 ms of CPU. Computed inside the confirm, it adds
 those 15 ms to the update and, with group commit, to every update of its batch.
 So codes are made ahead, in a worker thread (``hashlib.scrypt`` releases the
-GIL, so the event loop keeps running on the other core): a conversation that
-reaches the summary asks for one, and the confirm takes one that is ready.
-When none is ready the confirm makes its own, off the event loop as before.
+GIL, so the event loop keeps running on the other core): a new filing asks for
+one when it begins, and its confirm, some twenty steps later, takes one that is
+ready. When none is ready the confirm makes its own, off the event loop as
+before. A filing abandoned half-way leaves its code for the next confirm; at
+most ``limit`` codes wait, so starting filings without end costs at most that
+many hashes.
 
 The codes waiting here are random and belong to no case; they live only in
 this process's memory, and a restart simply makes new ones.
@@ -42,7 +45,7 @@ class QueryCodes:
         return len(self._ready)
 
     def expect(self) -> None:
-        """A conversation reached its summary: have a code ready for its confirm."""
+        """A filing began: have a code ready for its confirm."""
         self._wanted = min(self._wanted + 1, self.limit)
         self._fill_soon()
 
@@ -64,7 +67,13 @@ class QueryCodes:
 
     async def _fill(self) -> None:
         try:
-            while len(self._ready) < self._wanted:
-                self._ready.append(await asyncio.to_thread(_make))
+            await asyncio.to_thread(self._make_wanted)
         except Exception:  # the confirm makes its own; nothing is lost
             log.exception("making query codes ahead failed")
+
+    def _make_wanted(self) -> None:
+        """In the worker thread: make codes until as many are ready as are wanted.
+        One thread call for them all, so a busy event loop does not slow the making
+        (appending to and taking from a deque are atomic)."""
+        while len(self._ready) < self._wanted:
+            self._ready.append(_make())

@@ -26,7 +26,6 @@ from handoff.codes import QueryCodes
 from handoff.outbox import PRIORITY_URGENT, enqueue
 from handoff.relay import RelayService
 from state_machine.case import TERMINAL_VALUES
-from state_machine.intake import Step
 from storage.crypto import lookup_hash
 from storage.models import Case, CaseEvent, CitizenSession
 from storage.repositories import CaseRepository, Petitioner
@@ -60,6 +59,7 @@ class IntakeService:
         outcome = self.engine.begin(citizen.locale)
         assert outcome.conversation is not None
         self._store(citizen, outcome.conversation)
+        self.codes.expect()  # its confirm, some twenty steps on, takes a code made meanwhile
         return outcome.replies
 
     def resume(self, citizen: CitizenSession) -> list[Reply]:
@@ -96,8 +96,6 @@ class IntakeService:
             tracking, code = await self._submit(session, citizen, sub, earlier, now)
             replies.append(Reply.text("submitted.receipt", tracking=tracking, code=code))
             log.info("case %s submitted", tracking)
-        elif outcome.conversation is not None and outcome.conversation.state == Step.SUMMARY:
-            self.codes.expect()  # its confirm will take a code made meanwhile
         self._store(citizen, outcome.conversation)
         return replies
 
@@ -128,7 +126,7 @@ class IntakeService:
         cases = CaseRepository(session)
         # The number drawn was checked by the petitioner's query.
         tracking = await self._free_number(cases) if earlier.number_taken else earlier.number
-        code, code_hash = await self.codes.take()  # made ahead: scrypt costs ~15 ms
+        code, code_hash = await self.codes.take()  # made ahead (handoff/codes.py)
         a = sub.answers
         case = Case(
             tracking_number=tracking, query_code_hash=code_hash, status="submitted",

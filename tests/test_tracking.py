@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -16,6 +17,7 @@ from dialogs.tracking import (
     parse_tracking_number,
     verify_query_code,
 )
+from handoff.codes import QueryCodes
 
 PREFIX = "DG"
 
@@ -178,3 +180,40 @@ def test_dummy_hash_uses_current_parameters() -> None:
     assert len(dummy[4]) == len(current[4]) and len(dummy[5]) == len(current[5])
     assert not verify_query_code(new_query_code(), DUMMY_HASH)
     assert burn_verify(new_query_code()) is None
+
+
+# -- query codes made ahead (handoff/codes.py) -------------------------------------------
+
+
+async def _until_ready(codes: QueryCodes, count: int) -> None:
+    for _ in range(500):
+        if len(codes) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(codes)} codes ready, {count} expected")
+
+
+async def test_a_code_asked_for_when_a_filing_begins_is_ready_at_its_confirm() -> None:
+    codes = QueryCodes()
+    codes.expect()
+    codes.expect()
+    await _until_ready(codes, 2)
+    code, stored = await codes.take()
+    assert verify_query_code(code, stored) and not verify_query_code(new_query_code(), stored)
+    await asyncio.sleep(0.05)
+    assert len(codes) == 1, "no more codes are made than filings expect"
+
+
+async def test_a_confirm_nobody_expected_still_gets_a_fresh_code() -> None:
+    codes = QueryCodes()
+    first, second = await codes.take(), await codes.take()
+    assert first[0] != second[0] and verify_query_code(*first) and verify_query_code(*second)
+
+
+async def test_filings_begun_without_end_make_at_most_the_limit_of_codes() -> None:
+    codes = QueryCodes(limit=3)
+    for _ in range(50):
+        codes.expect()
+    await _until_ready(codes, 3)
+    await asyncio.sleep(0.05)
+    assert len(codes) == 3
