@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -75,11 +74,10 @@ class Conversation:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
-        # A deep copy: the stored dict must stay as loaded, or the ORM would
-        # compare the changed conversation with itself and write nothing. The
-        # values are JSON, and a JSON round trip copies them faster than deepcopy.
-        known = {k: v for k, v in data.items() if k in _FIELDS}
-        return cls(**json.loads(json.dumps(known, ensure_ascii=False)))
+        """The conversation stored as ``data``, sharing its answers and
+        attachments: whoever stores it back must mark the stored value as
+        changed (the ORM would compare the changed value with itself)."""
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
 
 _FIELDS = frozenset(f.name for f in fields(Conversation))

@@ -34,7 +34,9 @@ def _make() -> tuple[str, str]:
 class QueryCodes:
     """(code, hash) pairs made ahead, at most ``limit`` of them."""
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int = 2048) -> None:
+        # One code per filing in progress, for a surge of a couple of thousand
+        # filings at once; a pair takes about 200 bytes, so 2,048 take ~0.4 MB.
         self.limit = limit
         self._ready: deque[tuple[str, str]] = deque()
         #: How many confirms are expected soon (summaries shown, not yet confirmed).

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import flag_modified
 
 from dialogs.conversation import Conversation
 from dialogs.engine import IntakeEngine, Submission
@@ -120,6 +121,9 @@ class IntakeService:
             citizen.state, citizen.data = None, {}
         else:
             citizen.state, citizen.data = conv.state, conv.to_json()
+            # The conversation changed the loaded answers in place (from_json
+            # shares them): without this the ORM would find nothing changed.
+            flag_modified(citizen, "data")
 
     async def _submit(self, session: AsyncSession, citizen: CitizenSession,
                       sub: Submission, earlier: Petitioner, now: datetime) -> tuple[str, str]:
