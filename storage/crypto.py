@@ -123,7 +123,11 @@ class EncryptedJSON(TypeDecorator[dict[str, Any]]):
     cache_ok = True
 
     def process_bind_param(self, value: dict[str, Any] | None, dialect: Any) -> str | None:
-        return None if value is None else CIPHER.encrypt(json.dumps(value, ensure_ascii=False))
+        if value is None:
+            return None
+        if not value:  # an empty document holds nothing to protect; reading it back costs no decryption
+            return "{}"
+        return CIPHER.encrypt(json.dumps(value, ensure_ascii=False))
 
     def process_result_value(self, value: str | None, dialect: Any) -> dict[str, Any] | None:
         if value is None:

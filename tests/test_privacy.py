@@ -30,6 +30,7 @@ async def test_phone_id_and_the_filing_in_progress_are_not_stored_in_clear(app: 
     assert raw.id_number.startswith("enc1:") and VALID_ID not in raw.id_number
     assert raw.phone_hash and "13912345678" not in raw.phone_hash
     assert all("13987654321" not in d and "第二件" not in d for d in drafts)
+    assert all(d.startswith("enc1:") or d == "{}" for d in drafts)  # only an empty document is plain
     async with app.sessionmaker() as session:
         case = (await session.scalars(select(Case))).one()
     assert (case.phone, case.id_number) == ("+8613912345678", VALID_ID)
