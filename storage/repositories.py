@@ -137,7 +137,8 @@ async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *,
 
 def _petitioner_statement(with_id: bool) -> Any:
     """The petitioner's cases, most relevant first (see CaseRepository.petitioner),
-    and a row with rank -1 if the new case's tracking number is taken."""
+    and a row with rank -1 if the new case's tracking number is taken. The same
+    petitioner: the same account, phone or ID number (compared by keyed hash)."""
     same_person = or_(Case.citizen_user_id == bindparam("user_id"), Case.phone_hash == bindparam("phone_hash"),
                       *([Case.id_hash == bindparam("id_hash")] if with_id else []))
     final_same = and_(Case.status == "final", Case.category == bindparam("category"),
@@ -194,20 +195,14 @@ class CaseRepository:
         self.session = session
 
     async def tracking_number_taken(self, number: str) -> bool:
-        """Whether a written case has this number. Not flushed first (a batch's
-        pending writes are not cases' numbers to check): a clash with a case
-        still pending is refused by the unique constraint at the commit."""
+        """Whether a stored case has this number. Cases filed in this
+        transaction are written at its commit (:meth:`add`), where the unique
+        constraint refuses a clash; nothing pending needs flushing first."""
         with self.session.no_autoflush:
             return bool(await self.session.scalar(select(exists().where(Case.tracking_number == number))))
 
     async def by_tracking_number(self, number: str) -> Case | None:
         return await self.session.scalar(select(Case).where(Case.tracking_number == number))
-
-    @staticmethod
-    def _same_person(user_id: int, phone: str, id_number: str | None) -> Any:
-        """The same petitioner: the same account, phone or ID number (compared by keyed hash)."""
-        return or_(Case.citizen_user_id == user_id, Case.phone_hash == lookup_hash(phone),
-                   *([Case.id_hash == lookup_hash(id_number)] if id_number else []))
 
     async def petitioner(self, user_id: int, phone: str, id_number: str | None, category: str,
                          location: str, number: str, *, limit: int = 50) -> Petitioner:
