@@ -85,10 +85,11 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
                                max_failures_per_number=settings.status_max_failures_per_number, clocks=clocks)
     # aiogram's FSM is off: conversations live in our tables. Left on, its
     # MemoryStorage keeps a record for every chat ever seen (a slow leak).
+    intake = IntakeService(engine, clocks, relay, settings.staff_chat_id, staff_locale)
     dp = Dispatcher(
         disable_fsm=True,
         settings=settings, bureau=bureau,
-        intake=IntakeService(engine, clocks, relay, settings.staff_chat_id, staff_locale),
+        intake=intake,
         followup=followup,
         relay=relay,
         staff_service=StaffService(bureau, staff_locale, frozenset(settings.admin_ids),
@@ -98,7 +99,7 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
         outbox_wakeup=wakeup,
     )
     flood = FloodGate(settings.flood_limit, settings.flood_window_seconds)
-    pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood)
+    pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood, prefetch=intake.prefetch)
     dp.update.outer_middleware(pipeline)
     dp["pipeline"] = pipeline  # polling hands it whole batches (group commit)
     if pacer is not None:

@@ -10,6 +10,7 @@ together, with the update id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -27,14 +28,17 @@ from handoff.codes import QueryCodes
 from handoff.outbox import PRIORITY_URGENT, enqueue
 from handoff.relay import RelayService
 from state_machine.case import TERMINAL_VALUES
+from state_machine.intake import Step
 from storage.crypto import lookup_hash
 from storage.models import Case, CaseEvent, CitizenSession
-from storage.repositories import CaseRepository, Petitioner
+from storage.repositories import CaseRepository, Petitioner, PetitionerQuery
 
 log = logging.getLogger(__name__)
 
 #: A fresh random number collides with probability ~n/3·10¹⁰; retry a few times.
 _NUMBER_ATTEMPTS = 8
+#: session.info key: the batch's petitioner queries, made ahead (IntakeService.prefetch).
+_PREFETCHED = "intake_petitioners"
 
 
 class IntakeService:
@@ -84,9 +88,7 @@ class IntakeService:
             sub = replace(sub, merge=False)  # the open case has closed meanwhile: file it
         if sub is not None:
             a = sub.answers
-            earlier = await CaseRepository(session).petitioner(
-                citizen.user_id, a["phone"], a.get("id_number") or None, a["category"], a["location"],
-                new_tracking_number(self.bureau.bureau.code))
+            earlier = await self._earlier(session, _petitioner_query(citizen.user_id, a, self.bureau.bureau.code))
             if sub.repeat_of is None and not conv.repeat_ack:
                 same = earlier.open_same_matter(a["category"], a["location"], f"{a['title']} {a['request']}")
                 if same is not None:
@@ -99,6 +101,30 @@ class IntakeService:
             log.info("case %s submitted", tracking)
         self._store(citizen, outcome.conversation)
         return replies
+
+    async def prefetch(self, session: AsyncSession, citizens: Iterable[CitizenSession]) -> None:
+        """Before a polling batch: the petitioner query of every filing at its
+        summary (the ones that may be confirmed now), in one statement for the
+        whole batch instead of one per confirm."""
+        queries = []
+        for citizen in citizens:
+            if citizen.state == Step.SUMMARY:
+                answers = Conversation.from_json(citizen.data).answers
+                if all(answers.get(k) for k in ("phone", "category", "location")):
+                    queries.append(_petitioner_query(citizen.user_id, answers, self.bureau.bureau.code))
+        if queries:
+            found = await CaseRepository(session).petitioners(queries)
+            session.info[_PREFETCHED] = {q.user_id: (q, p) for q, p in zip(queries, found, strict=True)}
+
+    @staticmethod
+    async def _earlier(session: AsyncSession, query: PetitionerQuery) -> Petitioner:
+        """The petitioner's earlier cases: prefetched for this batch if the
+        filing is the one prefetched, else asked now."""
+        prefetched: dict[int, tuple[PetitionerQuery, Petitioner]] = session.info.get(_PREFETCHED, {})
+        made = prefetched.pop(query.user_id, None)
+        if made is not None and replace(made[0], number=query.number) == query:
+            return made[1]
+        return await CaseRepository(session).petitioner(query)
 
     async def _merge(self, session: AsyncSession, citizen: CitizenSession, sub: Submission,
                      now: datetime) -> str | None:
@@ -206,6 +232,11 @@ class IntakeService:
                           "caption": caption if n == 0 else i.get("caption")} for n, i in enumerate(group)]
                 enqueue(session, kind="album", chat_id=chat, case=case, now=now,
                         payload={**base, "items": items})
+
+
+def _petitioner_query(user_id: int, answers: dict[str, Any], bureau_code: str) -> PetitionerQuery:
+    return PetitionerQuery(user_id, answers["phone"], answers.get("id_number") or None, answers["category"],
+                           answers["location"], new_tracking_number(bureau_code))
 
 
 def _albums(attachments: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
+from bot.polling import process_batch
 from storage.models import Case, CaseEvent
 from tests.conftest import STAFF_CHAT, App
 from tests.flows import ZH, file_petition, to_summary
@@ -104,3 +106,25 @@ async def test_staff_set_the_leader_in_charge_shown_on_the_card(app: App) -> Non
     assert case.leader == "王局长（副局长）"
     edits = [c for c in app.telegram.calls if type(c).__name__ == "EditMessageText"]
     assert "包案领导：王局长（副局长）" in edits[-1].text
+
+
+async def test_confirms_in_one_polling_batch_see_each_petitioners_earlier_cases(
+        app: App, caplog: pytest.LogCaptureFixture) -> None:
+    """A polling batch reads the earlier cases of all its filers in one query:
+    each filer still gets what is theirs."""
+    tracking, _ = await file_petition(app.sim.citizen(11))
+    returning, newcomer = app.sim.citizen(11), app.sim.citizen(12)
+    await to_summary(returning, title="还是拖欠工资")
+    await to_summary(newcomer, matter="suggestion", phone="138 0013 8000", title="噪音扰民")
+    returning_mark, newcomer_mark = len(returning.received), len(newcomer.received)
+
+    await process_batch(app.sim.dp, app.sim.bot, [returning.press_update(ZH["confirm"]),
+                                                  newcomer.press_update(ZH["confirm"])])
+
+    [question] = returning.texts_since(returning_mark)
+    assert tracking in question and "同一事项" in question
+    [receipt] = newcomer.texts_since(newcomer_mark)
+    assert "已提交" in receipt
+    first, second = await _cases(app)
+    assert first.tracking_number == tracking and second.citizen_user_id == 12 and second.first_time
+    assert "one by one" not in caplog.text, "the batch ran as one transaction"
