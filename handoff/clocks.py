@@ -123,10 +123,11 @@ class Clocks:
         pending = [at for name, at in self._reminder_points(clock) if name not in clock.reminders_sent]
         clock.next_reminder_at = pending[0] if pending and clock.stopped_at is None else None
 
-    async def on_event(self, session: AsyncSession, case: Case, event: str, now: datetime, *,
-                       new_case: bool = False) -> None:
+    async def on_event(self, session: AsyncSession, case: Case, event: str, now: datetime) -> None:
         """Start and stop the clocks an event moves; refresh the case's next due date.
-        A ``new_case`` has no clocks yet, so none are looked up."""
+        A case filed in this transaction (no id yet: written at the commit) has
+        no clocks to look up, and its new ones are written with it."""
+        new_case = case.id is None
         running: list[CaseClock] = [] if new_case else list((await session.scalars(select(CaseClock).where(
             CaseClock.case_id == case.id, CaseClock.stopped_at.is_(None)))).all())
         stops = set(RULES) if event in ENDS_ALL else set(STOPS.get(event, ()))

@@ -88,7 +88,7 @@ class IntakeService:
             sub = replace(sub, merge=False)  # the open case has closed meanwhile: file it
         if sub is not None:
             a = sub.answers
-            earlier = await self._earlier(session, _petitioner_query(citizen.user_id, a, self.bureau.bureau.code))
+            earlier = await self._earlier(session, citizen.user_id, a)
             if sub.repeat_of is None and not conv.repeat_ack:
                 same = earlier.open_same_matter(a["category"], a["location"], f"{a['title']} {a['request']}")
                 if same is not None:
@@ -111,20 +111,21 @@ class IntakeService:
             if citizen.state == Step.SUMMARY:
                 answers = Conversation.from_json(citizen.data).answers
                 if all(answers.get(k) for k in ("phone", "category", "location")):
-                    queries.append(_petitioner_query(citizen.user_id, answers, self.bureau.bureau.code))
+                    queries.append(_petitioner_query(citizen.user_id, answers,
+                                                     new_tracking_number(self.bureau.bureau.code)))
         if queries:
             found = await CaseRepository(session).petitioners(queries)
             session.info[_PREFETCHED] = {q.user_id: (q, p) for q, p in zip(queries, found, strict=True)}
 
-    @staticmethod
-    async def _earlier(session: AsyncSession, query: PetitionerQuery) -> Petitioner:
-        """The petitioner's earlier cases: prefetched for this batch if the
-        filing is the one prefetched, else asked now."""
+    async def _earlier(self, session: AsyncSession, user_id: int, answers: dict[str, Any]) -> Petitioner:
+        """The petitioner's earlier cases: prefetched for this batch if this is
+        the filing prefetched, else asked now."""
         prefetched: dict[int, tuple[PetitionerQuery, Petitioner]] = session.info.get(_PREFETCHED, {})
-        made = prefetched.pop(query.user_id, None)
-        if made is not None and replace(made[0], number=query.number) == query:
+        made = prefetched.pop(user_id, None)
+        if made is not None and _filer(made[0]) == _filer(_petitioner_query(user_id, answers, "")):
             return made[1]
-        return await CaseRepository(session).petitioner(query)
+        return await CaseRepository(session).petitioner(
+            _petitioner_query(user_id, answers, new_tracking_number(self.bureau.bureau.code)))
 
     async def _merge(self, session: AsyncSession, citizen: CitizenSession, sub: Submission,
                      now: datetime) -> str | None:
@@ -183,7 +184,7 @@ class IntakeService:
         case.possible_repeat_of = sub.repeat_of
         case.first_time = not earlier.filed_before
         cases.add(case, sub.attachments, events)
-        await self.clocks.on_event(session, case, "submitted", now, new_case=True)
+        await self.clocks.on_event(session, case, "submitted", now)
         self._hand_to_staff(session, case, sub.attachments, now)
         return tracking, code
 
@@ -234,9 +235,14 @@ class IntakeService:
                         payload={**base, "items": items})
 
 
-def _petitioner_query(user_id: int, answers: dict[str, Any], bureau_code: str) -> PetitionerQuery:
+def _petitioner_query(user_id: int, answers: dict[str, Any], number: str) -> PetitionerQuery:
     return PetitionerQuery(user_id, answers["phone"], answers.get("id_number") or None, answers["category"],
-                           answers["location"], new_tracking_number(bureau_code))
+                           answers["location"], number)
+
+
+def _filer(query: PetitionerQuery) -> PetitionerQuery:
+    """The filing a query is about, whatever tracking number was drawn for it."""
+    return replace(query, number="")
 
 
 def _albums(attachments: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -175,6 +175,10 @@ class PetitionerQuery:
     number: str
 
 
+#: Padding for a chunk: no account 0, no phone or ID number (a NULL hash matches nothing).
+_NOBODY = PetitionerQuery(0, "", None, "", "", "")
+
+
 class OpenCase(NamedTuple):
     tracking_number: str
     category: str
@@ -257,12 +261,12 @@ class CaseRepository:
         # One query alone, or a chunk padded to _CHUNK: two statement shapes to
         # compile (a statement of n petitioners takes ~1 ms per petitioner to compile).
         size = 1 if len(queries) == 1 else _CHUNK
+        padded = [*queries, *[_NOBODY] * (size - len(queries))]
         params: dict[str, Any] = {"limit": limit + 1, "numbers": [q.number for q in queries]}
-        for i in range(size):
-            q = queries[i] if i < len(queries) else None  # padding: a petitioner nobody is
-            params.update({f"user_{i}": q.user_id if q else 0, f"phone_{i}": lookup_hash(q.phone) if q else None,
-                           f"id_{i}": lookup_hash(q.id_number) if q else None,
-                           f"category_{i}": q.category if q else "", f"location_{i}": q.location if q else ""})
+        for i, q in enumerate(padded):
+            params.update({f"user_{i}": q.user_id, f"phone_{i}": lookup_hash(q.phone),
+                           f"id_{i}": lookup_hash(q.id_number), f"category_{i}": q.category,
+                           f"location_{i}": q.location})
         with self.session.no_autoflush:
             rows = (await self.session.execute(_petitioners_statement(size), params)).all()
         taken = {r.tracking_number for r in rows if r.who < 0}

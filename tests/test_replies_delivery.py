@@ -19,7 +19,7 @@ from bot.app import create_bot, create_dispatcher, create_outbox_worker
 from bot.middlewares import RESEND_AFTER, Responder
 from bot.polling import process_batch
 from bot.settings import Settings
-from bot.simulator import FakeTelegram, Simulator
+from bot.simulator import FakeTelegram, Simulator, SimUser
 from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.intake import IntakeService
@@ -140,19 +140,24 @@ async def test_a_batch_of_several_citizens_is_committed_and_answered_in_order(ap
         assert replies[0] == _request_question(app) and "<b>事实</b>" in replies[1]
 
 
+def _fails_for(monkeypatch: pytest.MonkeyPatch, person: SimUser) -> None:
+    """The intake handler raises for ``person``'s updates (a bug in one handler)."""
+    handle = IntakeService.handle
+
+    async def failing(self: IntakeService, session: Any, citizen: Any, inp: Any, now: Any) -> Any:
+        if citizen.user_id == person.user.id:
+            raise RuntimeError("a bug in one handler")
+        return await handle(self, session, citizen, inp, now)
+
+    monkeypatch.setattr(IntakeService, "handle", failing)
+
+
 async def test_an_update_that_fails_in_a_batch_costs_only_itself(
         app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     good, bad = app.sim.citizen(user_id=3001), app.sim.citizen(user_id=3002)
     for person in (good, bad):
         await to_title(person)
-    handle = IntakeService.handle
-
-    async def failing(self: IntakeService, session: Any, citizen: Any, inp: Any, now: Any) -> Any:
-        if citizen.user_id == bad.user.id:
-            raise RuntimeError("a bug in one handler")
-        return await handle(self, session, citizen, inp, now)
-
-    monkeypatch.setattr(IntakeService, "handle", failing)
+    _fails_for(monkeypatch, bad)
     good_mark, bad_mark = len(good.received), len(bad.received)
 
     await process_batch(app.sim.dp, app.sim.bot, [good.message_update(text="拖欠工资"),
@@ -198,14 +203,7 @@ async def test_a_batch_redone_one_by_one_writes_each_filing_once(
     filer, bad = app.sim.citizen(user_id=4101), app.sim.citizen(user_id=4102)
     await to_summary(filer)
     await to_title(bad)
-    handle = IntakeService.handle
-
-    async def failing(self: IntakeService, session: Any, citizen: Any, inp: Any, now: Any) -> Any:
-        if citizen.user_id == bad.user.id:
-            raise RuntimeError("a bug in one handler")
-        return await handle(self, session, citizen, inp, now)
-
-    monkeypatch.setattr(IntakeService, "handle", failing)
+    _fails_for(monkeypatch, bad)
     await process_batch(app.sim.dp, app.sim.bot, [filer.press_update(ZH["confirm"]),
                                                   bad.message_update(text="拖欠工资")])
 
