@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.middlewares import Clock, FloodGate, UpdatePipeline
-from bot.routers.citizen import build_citizen_router
+from bot.routers.citizen import build_citizen_router, build_filing_router
 from bot.routers.followup import build_followup_router
 from bot.routers.staff import build_staff_router
 from bot.settings import Settings, SettingsError
@@ -105,6 +105,7 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     if pacer is not None:
         pipeline.pacer = pacer
         dp["pacer"] = pacer
+    dp.include_router(build_filing_router())  # first: most updates are a filing's answers
     dp.include_router(build_followup_router())
     dp.include_router(build_citizen_router())
     chats = staff_chat_ids(settings, bureau)

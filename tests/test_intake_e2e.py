@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
+from bot.callbacks import MenuAction, MenuButton
 from bot.render import visible_length
 from handoff import intake
 from storage.models import Attachment, Case, CaseEvent, CitizenSession
@@ -339,3 +340,26 @@ async def test_a_tracking_number_already_given_is_never_given_again(
     async with app.sessionmaker() as session:
         numbers = (await session.scalars(select(Case.tracking_number).order_by(Case.id))).all()
     assert numbers == [first, second]
+
+
+async def test_mid_filing_a_question_asked_elsewhere_takes_the_next_message_then_the_filing_goes_on(
+        app: App) -> None:
+    citizen = app.sim.citizen()
+    await to_title(citizen)
+    await citizen.press_data(MenuButton(action=MenuAction.STATUS).pack())
+    [answer] = await citizen.send("DG-2345-6789 ABCDEFGHJK")
+    assert "信访编号有误" in answer  # the lookup checked it: not taken as the petition's title
+    row = await _session_row(app, citizen.user.id)
+    assert row is not None and "title" not in row.data.get("answers", {})
+    answers = await citizen.send("/new")  # back to the filing, where it was
+    assert "请用一句话概括" in answers[-1]
+    await citizen.send("拖欠工资")
+    row = await _session_row(app, citizen.user.id)
+    assert row is not None and row.data["answers"]["title"] == "拖欠工资"
+
+
+async def test_mid_filing_a_command_in_a_caption_is_a_command(app: App) -> None:
+    citizen = app.sim.citizen()
+    await to_title(citizen)
+    [answer] = await citizen.send_photo(caption="/help")
+    assert "标题例如" in answer and "请用一句话概括" in answer

@@ -58,6 +58,57 @@ def message_input(message: Message) -> Input:
     return Input(InputKind.OTHER, other_type=ContentType(message.content_type).value, text=message.caption or "")
 
 
+class Answering(Filter):
+    """A message answering the filing's current step: the citizen is filing, was
+    asked nothing else, and is not giving a command (commands keep their meaning,
+    as aiogram's ``Command`` reads them: in the text or a caption)."""
+
+    async def __call__(self, message: Message, citizen: CitizenSession | None = None) -> bool:
+        if citizen is None or citizen.state is None or citizen.awaiting is not None:
+            return False
+        said = message.text or message.caption
+        return not (said and said.startswith("/"))
+
+
+def build_filing_router() -> Router:
+    """The filing's answers and buttons, checked before every other handler.
+
+    Most updates are these (a filing is some twenty of them), so they are routed
+    with two filters instead of passing every command's and follow-up's filter
+    first; what they exclude (commands, a follow-up question, other buttons)
+    goes on to the other routers as before.
+    """
+    router = Router(name="filing")
+    router.message.filter(PrivateChat(), Answering())
+    router.callback_query.filter(PrivateChat())
+
+    @router.message()
+    async def on_answer(message: Message, citizen: CitizenSession, responder: Responder,
+                        intake: IntakeService, session: AsyncSession, now: datetime) -> None:
+        await _answer(message, citizen, responder, intake, session, now)
+
+    @router.callback_query(IntakeButton.filter())
+    async def on_intake_button(query: CallbackQuery, callback_data: IntakeButton,
+                               citizen: CitizenSession, responder: Responder,
+                               intake: IntakeService, session: AsyncSession, now: datetime) -> None:
+        responder.callback = query
+        if not intake.in_progress(citizen):
+            responder.say("idle_hint", main_menu(responder.locale))
+            return
+        inp = Input(InputKind.BUTTON, step=callback_data.step, value=callback_data.value)
+        responder.reply(*await intake.handle(session, citizen, inp, now))
+
+    return router
+
+
+async def _answer(message: Message, citizen: CitizenSession, responder: Responder, intake: IntakeService,
+                  session: AsyncSession, now: datetime) -> None:
+    if message.forward_origin is not None:
+        # Someone else's words: taken as the answer, but the citizen is told so.
+        responder.say("forwarded_note")
+    responder.reply(*await intake.handle(session, citizen, message_input(message), now))
+
+
 def build_citizen_router() -> Router:
     router = Router(name="citizen")
     router.message.filter(PrivateChat())
@@ -119,17 +170,6 @@ def build_citizen_router() -> Router:
             else:
                 responder.say("menu_prompt", main_menu(responder.locale))
 
-    @router.callback_query(IntakeButton.filter())
-    async def on_intake_button(query: CallbackQuery, callback_data: IntakeButton,
-                               citizen: CitizenSession, responder: Responder,
-                               intake: IntakeService, session: AsyncSession, now: datetime) -> None:
-        responder.callback = query
-        if not intake.in_progress(citizen):
-            responder.say("idle_hint", main_menu(responder.locale))
-            return
-        inp = Input(InputKind.BUTTON, step=callback_data.step, value=callback_data.value)
-        responder.reply(*await intake.handle(session, citizen, inp, now))
-
     @router.edited_message()
     async def on_edited(message: Message, responder: Responder, bureau: BureauConfig) -> None:
         said = message.text or message.caption or ""
@@ -141,11 +181,8 @@ def build_citizen_router() -> Router:
     async def on_message(message: Message, citizen: CitizenSession, responder: Responder,
                          intake: IntakeService, relay: RelayService,
                          bureau: BureauConfig, session: AsyncSession, now: datetime) -> None:
-        if intake.in_progress(citizen):
-            if message.forward_origin is not None:
-                # Someone else's words: taken as the answer, but the citizen is told so.
-                responder.say("forwarded_note")
-            responder.reply(*await intake.handle(session, citizen, message_input(message), now))
+        if intake.in_progress(citizen):  # an unknown /command, taken as the step's answer
+            await _answer(message, citizen, responder, intake, session, now)
             return
         content = relay_content(message)
         cases = await relay.open_cases(session, citizen.user_id) if content else []
