@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     webhook_port: int = Field(default=8080, ge=1, le=65535)
     webhook_secret: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,256}$")
     webhook_max_connections: int = Field(default=1, ge=1, le=100)
-    #: Fernet keys for personal data at rest, newest first (comma-separated). Without
+    #: Keys for personal data at rest (``petition-bot new-key``), newest first (comma-separated). Without
     #: any, the embedded SQLite default generates one into ``data_key_file``.
     data_keys: str | None = None
     #: Default: next to the SQLite database file (``petitions.db`` → ``petitions.db.key``).

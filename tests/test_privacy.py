@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from handoff.privacy import purge, rotate_keys
@@ -26,11 +28,11 @@ async def test_phone_id_and_the_filing_in_progress_are_not_stored_in_clear(app: 
     async with app.sessionmaker() as session:
         raw = (await session.execute(text("SELECT phone, id_number, phone_hash FROM cases"))).one()
         drafts = (await session.execute(text("SELECT data FROM citizen_sessions"))).scalars().all()
-    assert raw.phone.startswith("enc1:") and "13912345678" not in raw.phone
-    assert raw.id_number.startswith("enc1:") and VALID_ID not in raw.id_number
+    assert raw.phone.startswith(crypto.PREFIX) and "13912345678" not in raw.phone
+    assert raw.id_number.startswith(crypto.PREFIX) and VALID_ID not in raw.id_number
     assert raw.phone_hash and "13912345678" not in raw.phone_hash
     assert all("13987654321" not in d and "第二件" not in d for d in drafts)
-    assert all(d.startswith("enc1:") or d == "{}" for d in drafts)  # only an empty document is plain
+    assert all(d.startswith(crypto.PREFIX) or d == "{}" for d in drafts)  # only an empty document is plain
     async with app.sessionmaker() as session:
         case = (await session.scalars(select(Case))).one()
     assert (case.phone, case.id_number) == ("+8613912345678", VALID_ID)
@@ -49,6 +51,37 @@ async def test_keys_rotate_without_losing_anything(app: App) -> None:
         assert case.phone == "+8613912345678" and case.phone_hash == crypto.lookup_hash("+8613912345678")
     finally:
         crypto.configure([TEST_DATA_KEY])
+
+
+async def test_values_written_with_fernet_still_read_and_rotation_rewrites_them(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    fernet = crypto.Fernet(TEST_DATA_KEY.encode())
+    old_phone = crypto.FERNET_PREFIX + fernet.encrypt(b"+8613912345678").decode()
+    async with app.sessionmaker() as session, session.begin():
+        await session.execute(text("UPDATE cases SET phone = :p"), {"p": old_phone})
+    async with app.sessionmaker() as session:
+        assert (await session.scalars(select(Case))).one().phone == "+8613912345678"
+    await rotate_keys(app.sessionmaker)
+    async with app.sessionmaker() as session:
+        raw = (await session.execute(text("SELECT phone FROM cases"))).scalar_one()
+        assert raw.startswith(crypto.PREFIX)
+        assert (await session.scalars(select(Case))).one().phone == "+8613912345678"
+
+
+def test_a_damaged_value_or_one_under_an_unknown_key_is_refused_not_misread() -> None:
+    sealed = crypto.CIPHER.encrypt("13912345678")
+    assert crypto.CIPHER.decrypt(sealed) == "13912345678"
+    body = bytearray(base64.b64decode(sealed[len(crypto.PREFIX):]))
+    body[-1] ^= 1
+    with pytest.raises(crypto.DataKeyError, match="damaged"):
+        crypto.CIPHER.decrypt(crypto.PREFIX + base64.b64encode(bytes(body)).decode())
+    try:
+        crypto.configure([crypto.new_key()])
+        with pytest.raises(crypto.DataKeyError, match="not configured"):
+            crypto.CIPHER.decrypt(sealed)
+    finally:
+        crypto.configure([TEST_DATA_KEY])
+    assert crypto.CIPHER.encrypt("13912345678") != sealed  # a fresh nonce each time
 
 
 async def test_retention_erases_personal_data_of_ended_cases_and_keeps_statistics(app: App) -> None:
