@@ -7,7 +7,7 @@ random valid tracking number, a citizen, a status, and the one precomputed
 query-code hash. Rows are inserted with the driver's executemany (SQLite) or
 binary COPY (asyncpg), not through the ORM or the dialog.
 
-The query code hash is scrypt (about 16 ms each here): ONE hash of
+The query code hash is Argon2id (a few ms each here): ONE hash of
 :data:`KNOWN_CODE` is computed (by the real filing's code path, for the
 template) and reused for every cloned row, so a million rows take seconds,
 not hours. Lookups then verify against that hash at full cost, as in

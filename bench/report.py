@@ -167,11 +167,11 @@ def render(report: dict[str, Any]) -> str:
         ratio_filing = last["filing"]["confirm"]["p50_ms"] / first["filing"]["confirm"]["p50_ms"]
         verdict = _ok(ratio <= 1.2) if last["cases"] >= 1_000_000 else "not measured at 10⁶ in this mode"
         verdicts.append(f"{r['backend']}: median at {last['cases']:,} / median at {first['cases']:,} = "
-                        f"{ratio:.2f} (target ≤ 1.2 at 10⁶: {verdict}); without scrypt {ratio_db:.2f}; "
+                        f"{ratio:.2f} (target ≤ 1.2 at 10⁶: {verdict}); without the code hash {ratio_db:.2f}; "
                         f"filing's confirm step {ratio_filing:.2f}")
     out.append(_table(["backend", "cases", "fill s", "existing p50 / p99 ms", "missing p50 / p99 ms",
                        "lookups/s, one at a time", "lookups/s, 100 accounts at once", "p50 ms, 100 at once",
-                       "no-scrypt diagnostic: existing / missing p50 ms", "SQL statements / lookup",
+                       "no-hash diagnostic: existing / missing p50 ms", "SQL statements / lookup",
                        "filing at this size: confirm / other steps p50 ms", "wrong answers / failed"], rows))
     out.append("\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
 

@@ -6,9 +6,9 @@ each size:
 * ``/status <number> <code>`` updates through the real dispatcher, for existing
   numbers (right code: the full timeline view) and for well-formed numbers that
   do not exist, one at a time (latency) and 100 accounts at once (throughput);
-* the same lookups with scrypt replaced by a plain comparison (diagnostic only,
-  clearly labelled: it shows what the database part costs once the constant
-  16 ms of scrypt is taken away);
+* the same lookups with the query-code hash replaced by a plain comparison
+  (diagnostic only, clearly labelled: it shows what the database part costs
+  once the hash's constant few ms are taken away);
 * a few complete filings through the dialog, since submitting looks for the
   same petitioner's earlier cases in this table.
 
@@ -43,8 +43,8 @@ NOT_FOUND = "没有找到"
 
 
 @contextlib.contextmanager
-def scrypt_stubbed() -> Iterator[None]:
-    """Diagnostic only: verification by plain comparison instead of scrypt."""
+def hash_stubbed() -> Iterator[None]:
+    """Diagnostic only: verification by plain comparison instead of the query-code hash."""
     verify, burn = getattr(followup_module, "verify_query_code"), getattr(followup_module, "burn_verify")  # noqa: B009
     setattr(followup_module, "verify_query_code", lambda code, stored: code.upper() == KNOWN_CODE)  # noqa: B010
     setattr(followup_module, "burn_verify", lambda code: None)  # noqa: B010
@@ -157,7 +157,7 @@ async def run_status(backend: str, sizes: list[int], per_kind: int, concurrent_l
                 existing_c = rng.sample(filler.numbers, concurrent_lookups // 2)
                 missing_c = [next(missing_gen) for _ in range(concurrent_lookups // 2)]
                 concurrent = await measure_lookups(app, persons, existing_c, missing_c, ACCOUNTS)
-                with scrypt_stubbed():
+                with hash_stubbed():
                     existing_d = rng.sample(filler.numbers, per_kind)
                     missing_d = [next(missing_gen) for _ in range(per_kind)]
                     diagnostic = await measure_lookups(app, persons, existing_d, missing_d, 1)

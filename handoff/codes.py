@@ -1,10 +1,10 @@
 """Query codes made ahead of the confirm.
 
-A query code is stored only as a salted scrypt hash (``dialogs.tracking``),
-and one hash costs about 15 ms of CPU. Computed inside the confirm, it adds
-those 15 ms to the update and, with group commit, to every update of its batch.
-So codes are made ahead, in a worker thread (``hashlib.scrypt`` releases the
-GIL, so the event loop keeps running on the other core): a new filing asks for
+A query code is stored only as a salted Argon2id hash (``dialogs.tracking``),
+and one hash costs a few ms of CPU (4 MiB of memory on purpose). Computed
+inside the confirm, it adds those ms to the update and, with group commit, to
+every update of its batch. So codes are made ahead, in a worker thread (the
+hash releases the GIL, so the event loop keeps running on the other core): a new filing asks for
 one when it begins, and its confirm, some twenty steps later, takes one that is
 ready. When none is ready the confirm makes its own, off the event loop as
 before. A filing abandoned half-way leaves its code for the next confirm; at

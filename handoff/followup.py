@@ -80,7 +80,7 @@ class FollowUpService:
             minutes = max(1, math.ceil(blocked.total_seconds() / 60))
             return View(str(t(locale, "status.too_many", minutes=minutes))), None
         case = await session.scalar(select(Case).where(Case.tracking_number == number))
-        # scrypt takes ~15 ms and releases the GIL: off the event loop, so other
+        # The hash takes a few ms and releases the GIL: off the event loop, so other
         # citizens' updates go on meanwhile (and unknown numbers cost the same).
         if case is None:
             await asyncio.to_thread(burn_verify, code)

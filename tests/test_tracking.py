@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 
 import pytest
@@ -161,8 +162,16 @@ def test_hash_is_self_describing_salted_and_does_not_contain_the_code() -> None:
     code = "K7M3Q8XZ2A"
     first, second = hash_query_code(code), hash_query_code(code)
     assert first != second  # random salt
-    assert re.fullmatch(r"scrypt\$4096\$8\$1\$[0-9a-f]{32}\$[0-9a-f]{64}", first)
+    assert re.fullmatch(r"argon2id\$2\$4096\$1\$[0-9a-f]{32}\$[0-9a-f]{64}", first)
     assert code not in first and code.lower() not in first
+
+
+def test_a_code_hashed_with_scrypt_before_argon2id_still_verifies() -> None:
+    salt = bytes(range(16))
+    digest = hashlib.scrypt(b"K7M3Q8XZ2A", salt=salt, n=4096, r=8, p=1, dklen=32)
+    stored = f"scrypt$4096$8$1${salt.hex()}${digest.hex()}"
+    assert verify_query_code("k7m3 q8xz 2a", stored)
+    assert not verify_query_code("K7M3Q8XZ2B", stored)
 
 
 def test_malformed_stored_hash_raises() -> None:
