@@ -13,11 +13,21 @@ Latency of an update is the time from the moment polling hands its batch over
 until the update is committed and its replies are sent (``process_batch``'s
 ``done``). The whole batch is one transaction (group commit), so every update
 of a batch waits for the batch's commit.
+
+That closed loop has no think time: the bot is saturated, batches are always
+full, and latency is the time of a full batch. :func:`run_paced` is the same
+feed at a person's pace: each person reads the reply and answers after a think
+time drawn between two bounds, the poller takes what has arrived (up to 100)
+as soon as it is there, and latency is measured from the moment the update
+arrived at Telegram, so the time it waited behind the previous batch counts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import itertools
+import random
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -129,6 +139,49 @@ async def run_closed_loop(dp: Dispatcher, bot: Bot, scripts: list[Script], *,
             following = next(script, None)
             if following is not None:
                 pending.append((script, following))
+        assert not owners, f"updates not processed: {sorted(owners)}"
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def run_paced(dp: Dispatcher, bot: Bot, scripts: list[Script], think: tuple[float, float], *,
+                    poll_limit: int = POLL_LIMIT, seed: int = 7) -> FeedResult:
+    """Run every script to its end at a person's pace (see the module docstring).
+    Each person's first update arrives within one think time of the start."""
+    rng = random.Random(seed)
+    result = FeedResult()
+    order = itertools.count()
+    started = time.perf_counter()
+    pending: list[tuple[float, int, Script, Step]] = []  # (arrives at, tie-break, script, step)
+    for script in scripts:
+        step = next(script, None)
+        if step is not None:
+            heapq.heappush(pending, (started + rng.uniform(0, think[1]), next(order), script, step))
+    done: dict[int, float] = {}
+    while pending:
+        now = time.perf_counter()
+        if pending[0][0] > now:
+            await asyncio.sleep(pending[0][0] - now)
+            continue
+        batch = []
+        while pending and pending[0][0] <= now and len(batch) < poll_limit:
+            batch.append(heapq.heappop(pending))
+        owners = {step.update.update_id: (arrived, script, step) for arrived, _, script, step in batch}
+        done.clear()
+
+        def finished(update_id: int) -> None:
+            done[update_id] = time.perf_counter()
+
+        await process_batch(dp, bot, [step.update for _, _, _, step in batch], done=finished)
+        result.batches += 1
+        for update_id, at in done.items():
+            arrived, script, step = owners.pop(update_id)
+            result.updates += 1
+            result.latencies.append(at - arrived)
+            result.by_label.setdefault(step.label, []).append(at - arrived)
+            following = next(script, None)
+            if following is not None:
+                heapq.heappush(pending, (at + rng.uniform(*think), next(order), script, following))
         assert not owners, f"updates not processed: {sorted(owners)}"
     result.seconds = time.perf_counter() - started
     return result

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from bench.ceiling import build_ceiling
 from bench.common import ERRORS, BenchTelegram, build_bot, round_trips, scratch_database, summary_ms
-from bench.feeder import FeedResult, Ids, Person, run_closed_loop
+from bench.feeder import FeedResult, Ids, Person, run_closed_loop, run_paced
 from bench.scripts import Receipts, ceiling_dialog, filing
 from storage.models import Case, OutboxMessage, ProcessedUpdate
 
@@ -36,7 +36,10 @@ def _feed_metrics(result: FeedResult) -> dict[str, Any]:
     }
 
 
-async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | None = None) -> dict[str, Any]:
+async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | None = None,
+                     pace: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Saturated (the closed loop), or at a person's pace given ``pace``: the
+    think time's bounds in seconds (:func:`bench.feeder.run_paced`)."""
     async with scratch_database(backend, pg_url) as url:
         app = await build_bot(url, variant=variant)
         try:
@@ -53,7 +56,8 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
             errors_before = ERRORS.count
             receipts = Receipts()
             scripts = [filing(Person(ids, FIRST_CITIZEN + i), app.telegram, receipts) for i in range(citizens)]
-            result = await run_closed_loop(app.dp, app.bot, scripts)
+            result = (await run_paced(app.dp, app.bot, scripts, pace) if pace
+                      else await run_closed_loop(app.dp, app.bot, scripts))
             delta = app.stats.since(before_db)
             calls = app.telegram.total - before_calls
 
@@ -66,6 +70,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 "backend": backend,
                 "variant": variant,
                 "citizens": citizens,
+                "pace": pace,
                 "updates_per_filing": len(shape),
                 "shape": shape,
                 **_feed_metrics(result),
@@ -85,17 +90,18 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
             await app.close()
 
 
-async def run_ceiling(citizens: int, shape: list[str]) -> dict[str, Any]:
+async def run_ceiling(citizens: int, shape: list[str], pace: tuple[float, float] | None = None) -> dict[str, Any]:
     dp, bot, telegram = build_ceiling(BenchTelegram())
     ids = Ids(bot)
     for step in ceiling_dialog(Person(ids, FIRST_CITIZEN - 1), shape):  # warm-up
         await dp.feed_update(bot, step.update)
     before = telegram.total
     scripts = [ceiling_dialog(Person(ids, FIRST_CITIZEN + i), shape) for i in range(citizens)]
-    result = await run_closed_loop(dp, bot, scripts)
+    result = await run_paced(dp, bot, scripts, pace) if pace else await run_closed_loop(dp, bot, scripts)
     return {
         "backend": "ceiling",
         "citizens": citizens,
+        "pace": pace,
         "updates_per_filing": len(shape),
         **_feed_metrics(result),
         "bot_api_calls_per_update": (telegram.total - before) / result.updates,

@@ -14,17 +14,23 @@ import time
 from typing import Any
 
 
+def _pace(spec: dict[str, Any]) -> tuple[float, float] | None:
+    """A person's think time, low and high bound in seconds (None: no think time)."""
+    pace = spec.get("pace")
+    return (float(pace[0]), float(pace[1])) if pace else None
+
+
 async def run(spec: dict[str, Any]) -> Any:
     kind = spec["kind"]
     pg_url = spec.get("pg_url", "")
     if kind == "intake":
         from bench.intake import run_intake
 
-        return await run_intake(spec["backend"], spec["citizens"], pg_url, spec.get("variant"))
+        return await run_intake(spec["backend"], spec["citizens"], pg_url, spec.get("variant"), _pace(spec))
     if kind == "ceiling":
         from bench.intake import run_ceiling
 
-        return await run_ceiling(spec["citizens"], spec["shape"])
+        return await run_ceiling(spec["citizens"], spec["shape"], _pace(spec))
     if kind == "status":
         from bench.status import run_status
 
