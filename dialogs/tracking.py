@@ -31,6 +31,7 @@ import re
 import secrets
 import unicodedata
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 from stdnum.iso7064 import mod_37_36
 
@@ -127,7 +128,10 @@ def new_query_code() -> str:
 
 def _argon2id(code: str, salt: bytes, time_cost: int, memory_kib: int, lanes: int, length: int) -> bytes:
     # Normalised like tracking numbers, so "k7m3 q8xz 2a" matches "K7M3Q8XZ2A".
-    return hash_secret_raw(_normalize(code).encode(), salt, time_cost, memory_kib, lanes, length, Type.ID)
+    try:
+        return hash_secret_raw(_normalize(code).encode(), salt, time_cost, memory_kib, lanes, length, Type.ID)
+    except HashingError as exc:  # parameters out of range: a damaged stored hash
+        raise ValueError(f"bad argon2id parameters: {exc}") from exc
 
 
 def _scrypt(code: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import flag_modified
 
 from state_machine.case import TERMINAL_VALUES
 from storage.crypto import lookup_hash
-from storage.models import Attachment, Case, CaseEvent, CitizenSession
+from storage.models import Attachment, Base, Case, CaseEvent, CitizenSession, ProcessedUpdate
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,21 @@ BATCH = 500
 
 
 async def rotate_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
-    """Re-write every encrypted value under the newest key (and re-hash for lookups)."""
+    """Re-write every encrypted value under the newest key (and re-hash for lookups),
+    the replies still kept for sending included."""
+    sealed: tuple[tuple[type[Base], InstrumentedAttribute[int], tuple[str, ...], ColumnElement[bool] | None], ...] = (
+        (Case, Case.id, ("phone", "id_number"), None),
+        (CitizenSession, CitizenSession.user_id, ("data", "extra"), None),
+        (ProcessedUpdate, ProcessedUpdate.update_id, ("replies",), ProcessedUpdate.replies.is_not(None)),
+    )
     rewritten = 0
-    for model, columns in ((Case, ("phone", "id_number")), (CitizenSession, ("data", "extra"))):
+    for model, key, columns, only in sealed:
         last = None
         while True:
             async with sessionmaker() as session, session.begin():
-                key = Case.id if model is Case else CitizenSession.user_id
                 stmt = select(model).order_by(key).limit(BATCH)
+                if only is not None:
+                    stmt = stmt.where(only)
                 if last is not None:
                     stmt = stmt.where(key > last)
                 rows = (await session.scalars(stmt)).all()
@@ -46,8 +54,7 @@ async def rotate_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
                 rewritten += len(rows)
             if len(rows) < BATCH:
                 break
-            tail = rows[-1]
-            last = tail.id if isinstance(tail, Case) else tail.user_id  # type: ignore[attr-defined]
+            last = getattr(rows[-1], key.key)
     log.info("re-encrypted %s rows under the newest key", rewritten)
     return rewritten
 

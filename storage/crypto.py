@@ -25,11 +25,13 @@ The cipher is configured once per process, before the database is used
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,9 @@ PREFIX = "enc2:"
 FERNET_PREFIX = "enc1:"
 _KEY_ID_BYTES = 4
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
+#: Any version's mark: a value marked by a version this one does not know is refused, never passed on as plain.
+_MARKED = re.compile(r"enc\d+:")
 
 
 class DataKeyError(ValueError):
@@ -95,6 +100,8 @@ class _Cipher:
         if stored.startswith(PREFIX):
             return self._open(stored[len(PREFIX):])
         if not stored.startswith(FERNET_PREFIX):
+            if _MARKED.match(stored):
+                raise DataKeyError(f"data sealed by a newer version ({stored.split(':', 1)[0]}:) of the bot")
             return stored  # written before encryption was on
         if self.fernet is None:
             raise RuntimeError("storage.crypto.configure() was not called")
@@ -106,7 +113,12 @@ class _Cipher:
     def _open(self, body: str) -> str:
         if not self.gcm:
             raise RuntimeError("storage.crypto.configure() was not called")
-        sealed = base64.b64decode(body)
+        try:
+            sealed = base64.b64decode(body, validate=True)
+        except binascii.Error as exc:
+            raise DataKeyError("encrypted data is damaged (not base64)") from exc
+        if len(sealed) < _KEY_ID_BYTES + _NONCE_BYTES + _TAG_BYTES:
+            raise DataKeyError("encrypted data is damaged (too short)")
         key_id, nonce = sealed[:_KEY_ID_BYTES], sealed[_KEY_ID_BYTES:_KEY_ID_BYTES + _NONCE_BYTES]
         for known, cipher in self.gcm:
             if known == key_id:

@@ -358,8 +358,10 @@ async def test_mid_filing_a_question_asked_elsewhere_takes_the_next_message_then
     assert row is not None and row.data["answers"]["title"] == "拖欠工资"
 
 
-async def test_mid_filing_a_command_in_a_caption_is_a_command(app: App) -> None:
+async def test_mid_filing_a_command_in_a_caption_or_after_spaces_is_a_command(app: App) -> None:
     citizen = app.sim.citizen()
     await to_title(citizen)
     [answer] = await citizen.send_photo(caption="/help")
+    assert "标题例如" in answer and "请用一句话概括" in answer
+    [answer] = await citizen.send("  /help")
     assert "标题例如" in answer and "请用一句话概括" in answer

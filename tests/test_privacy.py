@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from handoff.privacy import purge, rotate_keys
 from storage import crypto
 from storage.models import Attachment, Case, CaseEvent
+from storage.repositories import record_updates, unsent_replies
 from tests.conftest import TEST_DATA_KEY, App
 from tests.flows import VALID_ID, file_petition, to_title
 from tests.test_handoff_e2e import ADMIN, _act
@@ -82,6 +83,28 @@ def test_a_damaged_value_or_one_under_an_unknown_key_is_refused_not_misread() ->
     finally:
         crypto.configure([TEST_DATA_KEY])
     assert crypto.CIPHER.encrypt("13912345678") != sealed  # a fresh nonce each time
+
+
+def test_a_value_not_base64_too_short_or_from_a_newer_version_is_refused() -> None:
+    for stored in (crypto.PREFIX + "not base64!", crypto.PREFIX + base64.b64encode(b"short").decode(),
+                   "enc9:" + base64.b64encode(bytes(64)).decode()):
+        with pytest.raises(crypto.DataKeyError):
+            crypto.CIPHER.decrypt(stored)
+    assert crypto.CIPHER.decrypt("plain, written before encryption") == "plain, written before encryption"
+
+
+async def test_rotation_re_writes_replies_still_waiting_to_be_sent(app: App) -> None:
+    async with app.sessionmaker() as session, session.begin():
+        await record_updates(session, [(77, {"chat": 5, "messages": [["您好", None]]})], app.clock())
+    newer = crypto.new_key()
+    try:
+        crypto.configure([newer, TEST_DATA_KEY])
+        await rotate_keys(app.sessionmaker)
+        crypto.configure([newer])
+        async with app.sessionmaker() as session:
+            assert await unsent_replies(session, 77) == {"chat": 5, "messages": [["您好", None]]}
+    finally:
+        crypto.configure([TEST_DATA_KEY])
 
 
 async def test_retention_erases_personal_data_of_ended_cases_and_keeps_statistics(app: App) -> None:

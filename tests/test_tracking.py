@@ -179,6 +179,8 @@ def test_malformed_stored_hash_raises() -> None:
         verify_query_code("K7M3Q8XZ2A", "plain-text")
     with pytest.raises(ValueError):
         verify_query_code("K7M3Q8XZ2A", "bcrypt$4096$8$1$00$00")
+    with pytest.raises(ValueError):  # argon2id parameters out of range
+        verify_query_code("K7M3Q8XZ2A", "argon2id$0$8$1$" + "00" * 16 + "$" + "00" * 32)
 
 
 def test_dummy_hash_uses_current_parameters() -> None:

@@ -67,7 +67,7 @@ class Answering(Filter):
         if citizen is None or citizen.state is None or citizen.awaiting is not None:
             return False
         said = message.text or message.caption
-        return not (said and said.startswith("/"))
+        return not (said and said.lstrip().startswith("/"))  # Command splits on whitespace first
 
 
 def build_filing_router() -> Router:
