@@ -34,8 +34,9 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
         tasks.append({"kind": "ceiling", "citizens": n})
     # The same dialog at a person's pace: latency when the bot is not saturated (bench.feeder.run_paced).
     pace, paced_citizens = ([2.0, 4.0], 1000) if full else ([0.1, 0.3], 50)
-    tasks.append({"kind": "intake", "backend": "sqlite", "citizens": paced_citizens, "pace": pace})
-    tasks.append({"kind": "ceiling", "citizens": paced_citizens, "pace": pace})
+    if "sqlite" in backends:
+        tasks.append({"kind": "intake", "backend": "sqlite", "citizens": paced_citizens, "pace": pace})
+        tasks.append({"kind": "ceiling", "citizens": paced_citizens, "pace": pace})
     # (The earlier what-ifs, one pooled SQLite connection and no FSM, are the product's defaults now.)
     if full and "postgresql" in backends:
         tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})

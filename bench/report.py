@@ -98,10 +98,16 @@ def _paced(report: dict[str, Any]) -> list[str]:
         rows.append([r["citizens"], f"{r['pace'][0]:g}–{r['pace'][1]:g} s", name, r["updates_per_s"],
                      r["updates"] / r["batches"] if r["batches"] else math.nan,
                      r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["max_ms"],
-                     f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}" if confirm else "–"])
+                     f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}" if confirm else "–",
+                     "–" if r["backend"] == "ceiling" else
+                     f"{r['errors']}" + ("" if r["check"]["receipts_failed"] == 0
+                                         else f", {r['check']['receipts_failed']} filings unfinished")])
+    checks = [f"{r['backend']}×{r['citizens']}: {r['check']['cases_in_db']} cases, "
+              f"{r['check']['processed_updates_in_db']} update ids committed" for r in runs if "check" in r]
     return ["#### 1b. Intake at a person's pace (latency from the update's arrival at Telegram)\n",
             _table(["citizens", "think time", "bot", "updates/s", "updates / batch", "p50 ms", "p99 ms",
-                    "max ms", "confirm p50 / p99 ms"], rows), ""]
+                    "max ms", "confirm p50 / p99 ms", "failed updates"], rows),
+            "\nConsistency: " + "; ".join(checks) + ".\n" if checks else ""]
 
 
 def render(report: dict[str, Any]) -> str:
