@@ -82,5 +82,4 @@ class Conversation:
 
 _FIELDS = frozenset(f.name for f in fields(Conversation))
 #: Set by the engine on every step, not stored.
-_STORED = tuple(name for name in (f.name for f in fields(Conversation))
-                if name not in ("id_required_for", "has_subcategories"))
+_STORED = tuple(f.name for f in fields(Conversation) if f.name not in ("id_required_for", "has_subcategories"))

@@ -23,7 +23,7 @@ from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.deadlines import BUREAU_TZ, estimated_due_date
 from handoff.outbox import PRIORITY_STAFF, enqueue
-from storage.later import insert_at_commit
+from storage import later
 from storage.models import Case, CaseClock
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,7 @@ class Clocks:
         """Start and stop the clocks an event moves; refresh the case's next due date.
         A case filed in this transaction (no id yet: written at the commit) has
         no clocks to look up, and its new ones are written with it."""
-        new_case = case.id is None
-        running: list[CaseClock] = [] if new_case else list((await session.scalars(select(CaseClock).where(
+        running: list[CaseClock] = [] if case.id is None else list((await session.scalars(select(CaseClock).where(
             CaseClock.case_id == case.id, CaseClock.stopped_at.is_(None)))).all())
         stops = set(RULES) if event in ENDS_ALL else set(STOPS.get(event, ()))
         for clock in running:
@@ -144,10 +143,7 @@ class Clocks:
             clock = CaseClock(case_id=case.id, clock=name, started_at=now, due_on=due_on, estimated=estimated,
                               stopped_at=None, reminders_sent=[])
             self._schedule(clock)
-            if new_case:  # written with the case's events at the commit
-                insert_at_commit(session, clock, case)
-            else:
-                session.add(clock)
+            later.add(session, clock, case)  # a new case's: written with its events at the commit
             running.append(clock)
         self._summarise(case, [c for c in running if c.stopped_at is None], now)
 

@@ -4,9 +4,9 @@ A query code is stored only as a salted Argon2id hash (``dialogs.tracking``),
 and one hash costs a few ms of CPU (4 MiB of memory on purpose). Computed
 inside the confirm, it adds those ms to the update and, with group commit, to
 every update of its batch. So codes are made ahead, in a worker thread (the
-hash releases the GIL, so the event loop keeps running on the other core): a new filing asks for
-one when it begins, and its confirm, some twenty steps later, takes one that is
-ready. When none is ready the confirm makes its own, off the event loop as
+hash releases the GIL, so the event loop keeps running on the other core): a
+new filing asks for one when it begins, and its confirm, some twenty steps
+later, takes one that is ready. When none is ready the confirm makes its own, off the event loop as
 before. A filing abandoned half-way leaves its code for the next confirm; at
 most ``limit`` codes wait, so starting filings without end costs at most that
 many hashes.
@@ -39,7 +39,7 @@ class QueryCodes:
         # filings at once; a pair takes about 200 bytes, so 2,048 take ~0.4 MB.
         self.limit = limit
         self._ready: deque[tuple[str, str]] = deque()
-        #: How many confirms are expected soon (summaries shown, not yet confirmed).
+        #: How many confirms are expected (filings begun, not yet confirmed).
         self._wanted = 0
         self._filling: asyncio.Task[None] | None = None
 

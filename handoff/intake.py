@@ -122,7 +122,7 @@ class IntakeService:
         the filing prefetched, else asked now."""
         prefetched: dict[int, tuple[PetitionerQuery, Petitioner]] = session.info.get(_PREFETCHED, {})
         made = prefetched.pop(user_id, None)
-        if made is not None and _filer(made[0]) == _filer(_petitioner_query(user_id, answers, "")):
+        if made is not None and _filer(made[0]) == _petitioner_query(user_id, answers, ""):
             return made[1]
         return await CaseRepository(session).petitioner(
             _petitioner_query(user_id, answers, new_tracking_number(self.bureau.bureau.code)))

@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from handoff.pacer import Pacer
-from storage.later import insert_at_commit
+from storage import later
 from storage.models import Case, CaseEvent, OutboxMessage, StaffMessage
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,10 @@ def enqueue(session: AsyncSession, *, kind: str, chat_id: int, now: datetime,
     """Queue a message in the caller's transaction. ``case`` instead of
     ``case_id`` for a case created in this transaction: the row is then written
     at the commit (:mod:`storage.later`)."""
-    row = OutboxMessage(kind=kind, chat_id=chat_id, case_id=case_id, payload=payload or {},
-                        priority=priority, status="pending", attempts=0, next_attempt_at=now,
-                        created_at=now)
-    if case is not None:
-        insert_at_commit(session, row, case)
-    else:
-        session.add(row)
+    row = OutboxMessage(kind=kind, chat_id=chat_id, case_id=case.id if case is not None else case_id,
+                        payload=payload or {}, priority=priority, status="pending", attempts=0,
+                        next_attempt_at=now, created_at=now)
+    later.add(session, row, case)
     session.info["outbox_dirty"] = True
     return row
 

@@ -83,10 +83,10 @@ class _Cipher:
         except (ValueError, TypeError) as exc:
             raise DataKeyError("a data key is not a valid Fernet key (32 url-safe base64 bytes)") from exc
         self.fernet = MultiFernet(fernets)
-        self.gcm = [_gcm_key(base64.urlsafe_b64decode(k.strip())) for k in keys]
+        raw = [base64.urlsafe_b64decode(k.strip()) for k in keys]
+        self.gcm = [_gcm_key(key) for key in raw]
         # The lookup hash key is derived from the newest key; rotate-keys recomputes the hashes.
-        self.hash_key = hmac.new(base64.urlsafe_b64decode(keys[0].strip()), b"petition lookup hash",
-                                 hashlib.sha256).digest()
+        self.hash_key = hmac.new(raw[0], b"petition lookup hash", hashlib.sha256).digest()
 
     def encrypt(self, text: str) -> str:
         if not self.gcm:

@@ -21,6 +21,7 @@ commits the transaction writes them, and a rollback forgets them.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from itertools import groupby
 from typing import Any
 
@@ -39,6 +40,15 @@ def insert_at_commit(session: AsyncSession | Session, row: Base, case: Case | No
     (itself a new case written here, or one already stored)."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
     sync.info.setdefault(_KEY, []).append((row, case))
+
+
+def add(session: AsyncSession | Session, row: Base, case: Case | None = None) -> None:
+    """Add a new ``row`` belonging to ``case``: to the session, or, when the case
+    was filed in this transaction (no id yet), kept for the commit with it."""
+    if case is not None and case.id is None:
+        insert_at_commit(session, row, case)
+    else:
+        session.add(row)
 
 
 def _values(row: Base, case: Case | None) -> dict[str, Any]:
@@ -63,32 +73,32 @@ def _write(session: Session) -> None:
         if not isinstance(row, Case):
             by_table[row.__table__].append(_values(row, case))  # type: ignore[index]
     for table, rows in by_table.items():
-        _fill_nulls(table, rows)
-        for _, same in groupby(rows, key=lambda r: sorted(r)):
-            session.execute(table.insert(), list(same))
+        for same in _same_columns(table, rows):
+            session.execute(table.insert(), same)
 
 
 def _write_cases(session: Session, cases: list[Case]) -> None:
     if not cases:
         return
     table: Table = Case.__table__  # type: ignore[assignment]
-    rows = [_values(case, None) for case in cases]
-    _fill_nulls(table, rows)
     by_number = {case.tracking_number: case for case in cases}
-    for _, same in groupby(rows, key=lambda r: sorted(r)):
-        result = session.execute(table.insert().returning(table.c.id, table.c.tracking_number), list(same))
+    for same in _same_columns(table, [_values(case, None) for case in cases]):
+        result = session.execute(table.insert().returning(table.c.id, table.c.tracking_number), same)
         for row in result.all():
             by_number[str(row.tracking_number)].id = int(row.id)
 
 
-def _fill_nulls(table: Table, rows: list[dict[str, Any]]) -> None:
-    """Rows that left a nullable column without a default unset get it as NULL,
-    so that they share one statement (an executemany needs the same columns)."""
+def _same_columns(table: Table, rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """The rows in runs that set the same columns, one statement each (an
+    executemany needs the same columns). Rows that left a nullable column
+    without a default unset get it as NULL first, so that they share one."""
     optional = {c.key for c in table.columns if c.nullable and c.default is None and c.server_default is None}
     given = set().union(*rows) & optional
     for row in rows:
         for key in given - row.keys():
             row[key] = None
+    for _, same in groupby(rows, key=lambda r: sorted(r)):
+        yield list(same)
 
 
 @event.listens_for(Session, "after_soft_rollback")
