@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.middlewares import Clock, FloodGate, UpdatePipeline
-from bot.routers.citizen import build_citizen_router, build_filing_router
+from bot.routers.citizen import build_citizen_router, build_filing_router, filing_lane
 from bot.routers.followup import build_followup_router
 from bot.routers.staff import build_staff_router
 from bot.settings import Settings, SettingsError
@@ -99,7 +99,8 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
         outbox_wakeup=wakeup,
     )
     flood = FloodGate(settings.flood_limit, settings.flood_window_seconds)
-    pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood, prefetch=intake.prefetch)
+    pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood, prefetch=intake.prefetch,
+                              lane=filing_lane)
     dp.update.outer_middleware(pipeline)
     dp["pipeline"] = pipeline  # polling hands it whole batches (group commit)
     if pacer is not None:

@@ -343,6 +343,9 @@ class Group:
 
 
 Done = Callable[[int], None]
+#: Takes an update straight to its handler when it is one the lane knows (True),
+#: given the handler data the pipeline prepared; False: routed as usual.
+Lane = Callable[[Update, dict[str, Any]], Awaitable[bool]]
 #: Reads ahead, for a batch's citizens, what its handlers will ask the database for.
 Prefetch = Callable[[AsyncSession, list[CitizenSession]], Awaitable[None]]
 
@@ -371,9 +374,11 @@ async def feed_each(dispatcher: Dispatcher, bot: Bot, updates: Sequence[Update],
 class UpdatePipeline(BaseMiddleware):
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], clock: Clock,
                  default_locale: str, wakeup: Wakeup | None = None, flood: FloodGate | None = None,
-                 prefetch: Prefetch | None = None) -> None:
+                 prefetch: Prefetch | None = None, lane: Lane | None = None) -> None:
         self.sessionmaker = sessionmaker
         self.prefetch = prefetch
+        #: Asked before aiogram's routing (``bot.routers.citizen.filing_lane``).
+        self.lane = lane
         self.clock = clock
         self.default_locale = default_locale
         self.wakeup = wakeup
@@ -536,7 +541,10 @@ class UpdatePipeline(BaseMiddleware):
                 log.info("update %s from banned user %s ignored", event.update_id, user_id)
                 responder.say("banned")
                 return None
-        result = await handler(event, data)
+        if self.lane is not None and await self.lane(event, data):
+            result = None
+        else:
+            result = await handler(event, data)
         if responder.has_messages():
             if group is not None:
                 group.to_store[event.update_id] = responder.dump()
