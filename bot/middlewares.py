@@ -48,7 +48,7 @@ from aiogram.types import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.render import Markup, OutMessage, render
+from bot.render import Markup, OutMessage, markup_json, render
 from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
 from handoff.outbox import Wakeup
@@ -170,7 +170,7 @@ class Responder:
     def dump(self) -> dict[str, Any]:
         """What this update will send, to keep with it until it is sent."""
         def markup(m: Markup | None) -> list[str] | None:
-            return None if m is None else [type(m).__name__, m.model_dump_json(exclude_none=True)]
+            return None if m is None else [type(m).__name__, markup_json(m)]
 
         return {"chat": self.chat_id,
                 "messages": [[m.text, markup(m.markup)] for m in self.messages],

@@ -6,6 +6,7 @@ import html
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from aiogram.types import (
     ForceReply,
@@ -25,6 +26,7 @@ from handoff.outbox import Button
 MESSAGE_LIMIT = 4096
 
 Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | ForceReply
+_M = TypeVar("_M", InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove, ForceReply)
 
 _TAG = re.compile(r"<[^>]+>")
 
@@ -58,6 +60,28 @@ def split_blocks(blocks: list[str], limit: int = MESSAGE_LIMIT) -> list[str]:
     return chunks
 
 
+#: The JSON of markups built once and shown to many, by identity (each kept
+#: with its markup, so that its id is not reused while it is listed); dropped
+#: whole when full, after which a markup's JSON is simply made again.
+_SHARED_JSON: dict[int, tuple[Markup, str]] = {}
+_SHARED_MAX = 2048
+
+
+def _shared(markup: _M) -> _M:
+    if len(_SHARED_JSON) >= _SHARED_MAX:
+        _SHARED_JSON.clear()
+    _SHARED_JSON[id(markup)] = (markup, markup.model_dump_json(exclude_none=True))
+    return markup
+
+
+def markup_json(markup: Markup) -> str:
+    """The markup as JSON (kept with an update's replies until they are sent)."""
+    shared = _SHARED_JSON.get(id(markup))
+    if shared is not None and shared[0] is markup:
+        return shared[1]
+    return markup.model_dump_json(exclude_none=True)
+
+
 @lru_cache(maxsize=1024)
 def inline_keyboard(keyboard: Keyboard, locale: str) -> InlineKeyboardMarkup:
     """Built once per keyboard and language (the same few appear to every
@@ -69,13 +93,17 @@ def inline_keyboard(keyboard: Keyboard, locale: str) -> InlineKeyboardMarkup:
          for button in row]
         for row in keyboard.rows
     ]
-    return InlineKeyboardMarkup(inline_keyboard=rows)
+    return _shared(InlineKeyboardMarkup(inline_keyboard=rows))
 
 
+@lru_cache(maxsize=16)
 def contact_keyboard(locale: str) -> ReplyKeyboardMarkup:
-    return ReplyKeyboardMarkup(
+    return _shared(ReplyKeyboardMarkup(
         keyboard=[[KeyboardButton(text=t(locale, "button.share_phone"), request_contact=True)]],
-        resize_keyboard=True, one_time_keyboard=True)
+        resize_keyboard=True, one_time_keyboard=True))
+
+
+_REMOVE = _shared(ReplyKeyboardRemove())
 
 
 def render(reply: Reply, locale: str) -> list[OutMessage]:
@@ -86,7 +114,7 @@ def render(reply: Reply, locale: str) -> list[OutMessage]:
     elif reply.request_contact:
         markup = contact_keyboard(locale)
     elif reply.remove_keyboard:
-        markup = ReplyKeyboardRemove()
+        markup = _REMOVE
     return [OutMessage(text) for text in texts[:-1]] + [OutMessage(texts[-1], markup)]
 
 

@@ -16,6 +16,7 @@ error naming the package version and the year (see :func:`calendar_warning`).
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import chinese_calendar
@@ -27,23 +28,30 @@ class CalendarRangeError(ValueError):
     """The date is outside the years the holiday calendar knows."""
 
 
-def is_workday(day: date, *, strict: bool = True) -> bool:
+@lru_cache(maxsize=4096)
+def _workday(day: date) -> bool | None:
+    """What the calendar says of ``day`` (None: a year it does not know). The
+    calendar is fixed for the life of the process; each confirm asks it about
+    weeks of days, so the answers are kept (4,096 days: about eleven years)."""
     try:
         return bool(chinese_calendar.is_workday(day))
-    except NotImplementedError as exc:
-        if not strict:
-            return day.weekday() < 5
-        raise CalendarRangeError(
-            f"{day.isoformat()} is outside the Chinese holiday calendar's range "
-            f"(chinesecalendar {chinese_calendar.__version__}); upgrade the package") from exc
+    except NotImplementedError:
+        return None
+
+
+def is_workday(day: date, *, strict: bool = True) -> bool:
+    known = _workday(day)
+    if known is not None:
+        return known
+    if not strict:
+        return day.weekday() < 5
+    raise CalendarRangeError(
+        f"{day.isoformat()} is outside the Chinese holiday calendar's range "
+        f"(chinesecalendar {chinese_calendar.__version__}); upgrade the package")
 
 
 def calendar_covers(day: date) -> bool:
-    try:
-        chinese_calendar.is_workday(day)
-    except NotImplementedError:
-        return False
-    return True
+    return _workday(day) is not None
 
 
 def next_workday(day: date, *, strict: bool = True) -> date:
