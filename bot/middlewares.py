@@ -27,6 +27,8 @@ from functools import partial
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
+from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.dispatcher.middlewares.manager import MiddlewareManager
 from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
@@ -280,6 +282,17 @@ async def _send(send: Callable[[], Awaitable[Any]], chat: int, pacer: Pacer | No
             await asyncio.sleep(RETRY_BACKOFF * 2 ** attempt)
 
 
+#: aiogram's log of handled updates (``Dispatcher.feed_update`` writes one line each).
+_EVENTS = logging.getLogger("aiogram.event")
+
+
+def _route(dispatcher: Dispatcher, pipeline: UpdatePipeline, update: TelegramObject, data: dict[str, Any]) -> Any:
+    """aiogram's dispatch of an update, past ``pipeline``: the dispatcher's other
+    outer middlewares, then its routers."""
+    others = [m for m in dispatcher.update.outer_middleware if m is not pipeline]
+    return MiddlewareManager.wrap_middlewares(others, dispatcher.update.trigger)(update, data)
+
+
 def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:
     """(chat id, user id, chat type, language code) of an update."""
     event: TelegramObject | None = update.event
@@ -472,7 +485,7 @@ class UpdatePipeline(BaseMiddleware):
                     group.marking = await self._mark_sent(session, force=True)
                     await group.begin(updates, self.prefetch)
                     for update in updates:
-                        await dispatcher.feed_update(bot, update, update_group=group)
+                        await self._feed(dispatcher, bot, update, group)
                     await group.finish(self.clock())
                 self._wake(session)
         except Exception:
@@ -489,6 +502,23 @@ class UpdatePipeline(BaseMiddleware):
             for update in updates:
                 if update.update_id not in answered:
                     done(update.update_id)
+
+    async def _feed(self, dispatcher: Dispatcher, bot: Bot, update: Update, group: Group) -> None:
+        """One update of a batch, this pipeline first: what the lane takes never
+        enters aiogram's dispatch; the rest goes on through aiogram's other outer
+        middlewares (errors, user context) and its routers, as ``feed_update``
+        takes it. Their order against this one does not matter: they only add
+        context to the handler data and pass errors on."""
+        if update.bot is not bot:  # feed_update would mount it on this bot first
+            await dispatcher.feed_update(bot, update, update_group=group)
+            return
+        started = time.monotonic()
+        data = {"dispatcher": dispatcher, **dispatcher.workflow_data, "update_group": group, "bot": bot}
+        result = await self(partial(_route, dispatcher, self), update, data)
+        if _EVENTS.isEnabledFor(logging.INFO):  # the line feed_update writes for each update
+            _EVENTS.info("Update id=%s is %s. Duration %d ms by bot id=%d", update.update_id,
+                         "not handled" if result is UNHANDLED else "handled",
+                         (time.monotonic() - started) * 1000, bot.id)
 
     async def _flush_group(self, bot: Bot, group: Group, done: Done | None) -> None:
         by_chat: dict[int | None, list[tuple[int, Responder]]] = defaultdict(list)

@@ -130,6 +130,11 @@ class Simulator:
         user = User(id=user_id, is_bot=False, first_name=first_name, language_code="zh")
         return SimUser(self, user, Chat(id=chat_id, type="supergroup", title="Staff"))
 
+    def mount(self, update: Update) -> Update:
+        """The update as ``getUpdates`` gives it: every object in it bound to the
+        bot (so polling hands it to the pipeline as it is, without re-parsing)."""
+        return Update.model_validate(update.model_dump(exclude_unset=True), context={"bot": self.bot})
+
     async def feed(self, update: Update) -> None:
         await self.dp.feed_update(self.bot, update)
 
@@ -175,7 +180,7 @@ class SimUser:
                        chat=self.chat, from_user=self.user, **fields)
 
     def message_update(self, **fields: Any) -> Update:
-        return Update(update_id=self.sim.next_update_id(), message=self._message(**fields))
+        return self.sim.mount(Update(update_id=self.sim.next_update_id(), message=self._message(**fields)))
 
     async def send(self, text: str) -> list[str]:
         mark = len(self.received)
@@ -217,7 +222,7 @@ class SimUser:
                          chat=self.chat, from_user=BOT_USER, text="…")
         query = CallbackQuery(id=str(self.sim.next_update_id()), from_user=self.user,
                               chat_instance="sim", data=data, message=anchor)
-        return Update(update_id=self.sim.next_update_id(), callback_query=query)
+        return self.sim.mount(Update(update_id=self.sim.next_update_id(), callback_query=query))
 
     async def press(self, label_or_index: str | int) -> list[str]:
         mark = len(self.received)

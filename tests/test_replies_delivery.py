@@ -5,12 +5,14 @@ update that failed."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pytest
 from aiogram.exceptions import TelegramForbiddenError, TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
+from aiogram.types import Update
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -138,6 +140,32 @@ async def test_a_batch_of_several_citizens_is_committed_and_answered_in_order(ap
         assert (now.answers["title"], now.answers["request"]) == (f"标题{person.user.id}", f"诉求{person.user.id}")
         replies = person.texts_since(mark)
         assert replies[0] == _request_question(app) and "<b>事实</b>" in replies[1]
+
+
+async def test_in_a_batch_each_update_reaches_its_handler_whichever_way_it_is_routed(
+        app: App, caplog: pytest.LogCaptureFixture) -> None:
+    """The pipeline runs first: a filing's answer goes straight to its handler,
+    a command on through aiogram's routers, an update not bound to the bot
+    through ``feed_update``; aiogram's line is logged for each all the same."""
+    person = app.sim.citizen(user_id=2101)
+    await to_title(person)
+    mark = len(person.received)
+    unbound = Update.model_validate(person.message_update(text="诉求").model_dump(exclude_unset=True))
+    assert unbound.bot is None
+    batch = [person.message_update(text="拖欠工资"), person.message_update(text="/help"), unbound]
+
+    with caplog.at_level(logging.INFO, logger="aiogram.event"):
+        await process_batch(app.sim.dp, app.sim.bot, batch)
+
+    now = await stored(app, person)
+    assert (now.state, now.answers["title"], now.answers["request"]) == (Step.FACTS, "拖欠工资", "诉求")
+    title_answered, helped, request_answered = person.texts_since(mark)
+    assert title_answered == _request_question(app)
+    assert helped.endswith(_request_question(app)) and helped != _request_question(app)
+    assert "<b>事实</b>" in request_answered
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiogram.event"]
+    assert [line.split(" is ")[0] for line in logged] == [f"Update id={u.update_id}" for u in batch]
+    assert all(" is handled." in line for line in logged)
 
 
 def _fails_for(monkeypatch: pytest.MonkeyPatch, person: SimUser) -> None:
