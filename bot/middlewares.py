@@ -20,8 +20,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -86,17 +85,36 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
-    @asynccontextmanager
-    async def hold(self, key: int) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
-        users[0] += 1
+    def hold(self, key: int) -> _Held:
+        """``async with locks.hold(key):`` (a plain class: a generator-based
+        context manager cost several microseconds an update)."""
+        return _Held(self._locks, key)
+
+
+class _Held:
+    __slots__ = ("key", "lock", "locks", "users")
+
+    def __init__(self, locks: dict[int, tuple[asyncio.Lock, list[int]]], key: int) -> None:
+        self.locks = locks
+        self.key = key
+
+    async def __aenter__(self) -> None:
+        self.lock, self.users = self.locks.setdefault(self.key, (asyncio.Lock(), [0]))
+        self.users[0] += 1
         try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[key]
+            await self.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self.users[0] -= 1
+        if self.users[0] == 0:
+            del self.locks[self.key]
 
 
 class FloodGate:
@@ -295,7 +313,8 @@ def _route(dispatcher: Dispatcher, pipeline: UpdatePipeline, update: TelegramObj
 
 def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:
     """(chat id, user id, chat type, language code) of an update."""
-    event: TelegramObject | None = update.event
+    # The two kinds nearly every update is, before ``Update.event``'s search of all kinds.
+    event: TelegramObject | None = update.message or update.callback_query or update.event
     if isinstance(event, Message):
         user = event.from_user
         return event.chat.id, user.id if user else None, event.chat.type, user.language_code if user else None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bot.middlewares import FloodGate
+import asyncio
+import contextlib
+
+from bot.middlewares import FloodGate, KeyedLocks
 from tests.conftest import STAFF_CHAT, App, make_app
 from tests.test_handoff_e2e import ADMIN, CLERK
 
@@ -34,6 +37,33 @@ def test_the_flood_gate_keeps_nothing_for_people_gone_quiet() -> None:
     clock.now = 61
     gate.admit(0)
     assert len(gate) == 1
+
+
+async def test_one_chat_at_a_time_and_no_lock_kept_once_nobody_holds_or_waits() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def one(name: str, key: int) -> None:
+        async with locks.hold(key):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.01)
+            order.append(f"{name} out")
+
+    await asyncio.gather(one("a", 1), one("b", 1), one("c", 2))
+    assert order.index("a out") < order.index("b in")  # the same chat waits its turn
+    assert order.index("c in") < order.index("a out")  # another chat does not
+    assert len(locks) == 0
+
+    async def hold_then_cancel_a_waiter() -> None:
+        async with locks.hold(1):
+            waiter = asyncio.ensure_future(one("d", 1))
+            await asyncio.sleep(0)
+            waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+
+    await hold_then_cancel_a_waiter()
+    assert len(locks) == 0 and "d in" not in order
 
 
 async def test_a_flooding_citizen_is_told_once_and_the_rest_is_dropped(settings, sessionmaker, bureau,  # type: ignore[no-untyped-def]
