@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,39 @@ def _gcm_key(key: bytes) -> tuple[bytes, AESGCM]:
     return key_id, AESGCM(derived)
 
 
+class _RandomPool:
+    """Random bytes from the operating system, drawn 4 KiB at a time.
+
+    ``os.urandom`` lets go of the GIL; while the database's thread and the
+    query-code thread want it, getting it back cost the event loop ~1 ms a call
+    here, against 0.5 µs alone. Each byte is handed out once (under a lock), and
+    a forked child starts with an empty pool, so nonces drawn from it are as
+    random and as unique as ``os.urandom``'s.
+    """
+
+    def __init__(self, chunk: int = 4096) -> None:
+        self._chunk = chunk
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._empty)
+
+    def _empty(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer, self._at = b"", 0
+
+    def take(self, n: int = _NONCE_BYTES) -> bytes:
+        with self._lock:
+            if self._at + n > len(self._buffer):
+                self._buffer, self._at = os.urandom(max(self._chunk, n)), 0
+            buffer, start = self._buffer, self._at
+            self._at += n
+        return buffer[start:start + n]
+
+
 class _Cipher:
     def __init__(self) -> None:
+        self._nonces = _RandomPool()
         self.fernet: MultiFernet | None = None
         #: Newest first: (key id, cipher); the first one encrypts.
         self.gcm: list[tuple[bytes, AESGCM]] = []
@@ -92,7 +124,7 @@ class _Cipher:
         if not self.gcm:
             raise RuntimeError("storage.crypto.configure() was not called")
         key_id, cipher = self.gcm[0]
-        nonce = os.urandom(_NONCE_BYTES)
+        nonce = self._nonces.take()
         sealed = key_id + nonce + cipher.encrypt(nonce, text.encode(), None)
         return PREFIX + base64.b64encode(sealed).decode()
 

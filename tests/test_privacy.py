@@ -69,6 +69,14 @@ async def test_values_written_with_fernet_still_read_and_rotation_rewrites_them(
         assert (await session.scalars(select(Case))).one().phone == "+8613912345678"
 
 
+def test_nonces_from_the_pool_are_never_handed_out_twice_across_refills() -> None:
+    pool = crypto._RandomPool(chunk=40)  # a refill every three nonces
+    nonces = [pool.take() for _ in range(300)]
+    assert all(len(n) == 12 for n in nonces) and len(set(nonces)) == 300
+    sealed = {crypto.CIPHER.encrypt("same words") for _ in range(1000)}
+    assert len(sealed) == 1000  # a fresh nonce each time
+
+
 def test_a_damaged_value_or_one_under_an_unknown_key_is_refused_not_misread() -> None:
     sealed = crypto.CIPHER.encrypt("13912345678")
     assert crypto.CIPHER.decrypt(sealed) == "13912345678"

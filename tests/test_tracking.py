@@ -51,6 +51,12 @@ def test_generated_numbers_have_the_documented_shape_and_parse() -> None:
     assert len(set(numbers)) == 1000  # random, 32**7 possibilities
 
 
+def test_every_symbol_is_drawn_about_equally_often() -> None:
+    drawn = "".join(new_query_code() for _ in range(3200))  # 32,000 symbols, ~1,000 each
+    counts = [drawn.count(symbol) for symbol in ALPHABET]
+    assert min(counts) > 800 and max(counts) < 1200, counts
+
+
 @pytest.mark.parametrize("prefix", ["SZ", "GDX", "ABCD"])
 def test_other_prefixes_round_trip(prefix: str) -> None:
     number = new_tracking_number(prefix)
