@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+
+from bot.cli import logging_off_the_event_loop
 
 FIXED_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PETITION_")}
 
@@ -16,6 +20,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
             stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bot", *args], input=stdin, text=True,
                           capture_output=True, env={**FIXED_ENV, **(env or {})}, cwd=cwd, timeout=120)
+
+
+def test_while_the_bot_runs_log_lines_are_written_by_another_thread_and_none_is_lost() -> None:
+    written: list[tuple[str, str]] = []
+
+    class Remember(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            written.append((threading.current_thread().name, self.format(record)))
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [Remember()]
+    try:
+        with logging_off_the_event_loop():
+            for i in range(100):
+                logging.getLogger("bot").warning("line %d", i)
+        assert [text for _, text in written] == [f"line {i}" for i in range(100)]
+        assert all(thread != threading.main_thread().name for thread, _ in written)
+        assert [type(h) for h in root.handlers] == [Remember]  # as it was
+    finally:
+        root.handlers = saved
 
 
 @pytest.mark.parametrize(("env", "named"), [
