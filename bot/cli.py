@@ -34,6 +34,9 @@ def logging_off_the_event_loop() -> Iterator[None]:
     at INFO, aiogram writes a line for every update."""
     root = logging.getLogger()
     handlers = root.handlers[:]
+    if not handlers:  # nothing configured: leave logging's last resort in place
+        yield
+        return
     lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = QueueListener(lines, *handlers, respect_handler_level=True)
     root.handlers = [QueueHandler(lines)]
@@ -41,8 +44,8 @@ def logging_off_the_event_loop() -> Iterator[None]:
     try:
         yield
     finally:
-        listener.stop()  # writes what is still queued
-        root.handlers = handlers
+        root.handlers = handlers  # lines from now on are written directly again
+        listener.stop()  # after writing what is still queued
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,7 +27,9 @@ from typing import Any
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
 from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.dispatcher.middlewares.error import ErrorsMiddleware
 from aiogram.dispatcher.middlewares.manager import MiddlewareManager
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
@@ -99,7 +101,10 @@ class _Held:
         self.key = key
 
     async def __aenter__(self) -> None:
-        self.lock, self.users = self.locks.setdefault(self.key, (asyncio.Lock(), [0]))
+        entry = self.locks.get(self.key)
+        if entry is None:
+            entry = self.locks[self.key] = (asyncio.Lock(), [0])
+        self.lock, self.users = entry
         self.users[0] += 1
         try:
             await self.lock.acquire()
@@ -304,6 +309,16 @@ async def _send(send: Callable[[], Awaitable[Any]], chat: int, pacer: Pacer | No
 _EVENTS = logging.getLogger("aiogram.event")
 
 
+def _may_go_direct(dispatcher: Dispatcher, pipeline: UpdatePipeline) -> bool:
+    """Whether the pipeline may run before aiogram's other outer middlewares: only
+    while those are aiogram's defaults and no error handler is registered (an
+    error handler would swallow a failure inside the batch's transaction instead
+    of letting it roll back; another middleware might want to see every update)."""
+    others = [m for m in dispatcher.update.outer_middleware if m is not pipeline]
+    return (not dispatcher.errors.handlers
+            and all(type(m) in (ErrorsMiddleware, UserContextMiddleware) for m in others))
+
+
 def _route(dispatcher: Dispatcher, pipeline: UpdatePipeline, update: TelegramObject, data: dict[str, Any]) -> Any:
     """aiogram's dispatch of an update, past ``pipeline``: the dispatcher's other
     outer middlewares, then its routers."""
@@ -503,8 +518,9 @@ class UpdatePipeline(BaseMiddleware):
                     group = Group(session)
                     group.marking = await self._mark_sent(session, force=True)
                     await group.begin(updates, self.prefetch)
+                    direct = _may_go_direct(dispatcher, self)
                     for update in updates:
-                        await self._feed(dispatcher, bot, update, group)
+                        await self._feed(dispatcher, bot, update, group, direct)
                     await group.finish(self.clock())
                 self._wake(session)
         except Exception:
@@ -522,13 +538,13 @@ class UpdatePipeline(BaseMiddleware):
                 if update.update_id not in answered:
                     done(update.update_id)
 
-    async def _feed(self, dispatcher: Dispatcher, bot: Bot, update: Update, group: Group) -> None:
-        """One update of a batch, this pipeline first: what the lane takes never
-        enters aiogram's dispatch; the rest goes on through aiogram's other outer
-        middlewares (errors, user context) and its routers, as ``feed_update``
-        takes it. Their order against this one does not matter: they only add
-        context to the handler data and pass errors on."""
-        if update.bot is not bot:  # feed_update would mount it on this bot first
+    async def _feed(self, dispatcher: Dispatcher, bot: Bot, update: Update, group: Group, direct: bool) -> None:
+        """One update of a batch. ``direct`` (see :func:`_may_go_direct`): this
+        pipeline first, so that what the lane takes never enters aiogram's
+        dispatch, and the rest goes on through aiogram's two default outer
+        middlewares (the user context; errors, passed on as no error handler is
+        registered) and its routers. Else as ``feed_update`` takes it."""
+        if not direct or update.bot is not bot:  # feed_update mounts an unbound update first
             await dispatcher.feed_update(bot, update, update_group=group)
             return
         started = time.monotonic()

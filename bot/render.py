@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
@@ -61,16 +62,16 @@ def split_blocks(blocks: list[str], limit: int = MESSAGE_LIMIT) -> list[str]:
 
 
 #: The JSON of markups built once and shown to many, by identity (each kept
-#: with its markup, so that its id is not reused while it is listed); dropped
-#: whole when full, after which a markup's JSON is simply made again.
-_SHARED_JSON: dict[int, tuple[Markup, str]] = {}
+#: with its markup, so that its id is not reused while it is listed); the
+#: least recently used go first when it is full (per-case keyboards come and go).
+_SHARED_JSON: OrderedDict[int, tuple[Markup, str]] = OrderedDict()
 _SHARED_MAX = 2048
 
 
 def _shared(markup: _M) -> _M:
-    if len(_SHARED_JSON) >= _SHARED_MAX:
-        _SHARED_JSON.clear()
     _SHARED_JSON[id(markup)] = (markup, markup.model_dump_json(exclude_none=True))
+    if len(_SHARED_JSON) > _SHARED_MAX:
+        _SHARED_JSON.popitem(last=False)
     return markup
 
 
@@ -78,6 +79,7 @@ def markup_json(markup: Markup) -> str:
     """The markup as JSON (kept with an update's replies until they are sent)."""
     shared = _SHARED_JSON.get(id(markup))
     if shared is not None and shared[0] is markup:
+        _SHARED_JSON.move_to_end(id(markup))
         return shared[1]
     return markup.model_dump_json(exclude_none=True)
 

@@ -14,10 +14,10 @@ import functools
 import importlib.resources
 import re
 import tomllib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -380,7 +380,8 @@ class BureauConfig(BaseModel):
     def _lookups(self) -> _Lookups:
         """Lookups built once: they run on every Telegram update. Kept in the
         instance's ``__dict__`` (a plain attribute read; a private attribute of a
-        pydantic model costs ~3 µs a read). The model is frozen, so they never go stale."""
+        pydantic model costs ~3 µs a read). The model is frozen; a copy made with
+        ``model_copy`` builds its own (see below)."""
         enabled = [u for u in self.units if u.enabled]
         return _Lookups(
             units_by_code={u.code: u for u in self.units},
@@ -396,6 +397,11 @@ class BureauConfig(BaseModel):
                 for c in self.categories
             ],
         )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("_lookups", None)  # copied with the fields: may describe other ones
+        return copy
 
     def derived(self, key: Hashable, build: Callable[[], T]) -> T:
         """A value computed from this configuration once and kept (the model is frozen)."""

@@ -356,3 +356,11 @@ def test_time_limit_bounds() -> None:
 def test_models_are_frozen(dg: BureauConfig) -> None:
     with pytest.raises(ValidationError):
         dg.bureau.code = "XX"  # type: ignore[misc]
+
+
+def test_a_copy_with_other_categories_looks_up_its_own() -> None:
+    bureau = load_bureau_config()
+    first = bureau.categories[0]
+    assert bureau.category(first.code) is first
+    fewer = bureau.model_copy(update={"categories": bureau.categories[1:]})
+    assert fewer.category(first.code) is None and bureau.category(first.code) is first

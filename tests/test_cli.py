@@ -43,6 +43,17 @@ def test_while_the_bot_runs_log_lines_are_written_by_another_thread_and_none_is_
         root.handlers = saved
 
 
+def test_without_a_configured_handler_logging_is_left_as_it_is() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        with logging_off_the_event_loop():
+            assert root.handlers == []  # logging's last resort still writes warnings
+    finally:
+        root.handlers = saved
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"PETITION_BOT_TOKEN": "not-a-token"}, "PETITION_BOT_TOKEN"),
     ({"PETITION_DEFAULT_LOCALE": "fr"}, "PETITION_DEFAULT_LOCALE"),

@@ -313,3 +313,18 @@ async def test_a_replayed_batch_changes_nothing_and_sends_only_what_never_went_o
 
     await process_batch(app.sim.dp, app.sim.bot, batch)  # and once more: nothing left to send
     assert first.texts_since(marks[0]) == second.texts_since(marks[1]) == [_request_question(app)]
+
+
+def test_kept_replies_hold_the_keyboard_as_sent_shared_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot import render
+    from dialogs.messages import Button, Keyboard
+
+    monkeypatch.setattr(render, "_SHARED_MAX", 3)
+    keyboards = [render.inline_keyboard(Keyboard(step="lane", rows=((Button(value=str(i), label=str(i)),),)), "zh")
+                 for i in range(5)]  # more than the cache holds: the first ones leave it
+    assert len(render._SHARED_JSON) == 3
+    for markup in [*keyboards, render.staff_keyboard([])]:
+        assert render.markup_json(markup) == markup.model_dump_json(exclude_none=True)
+    responder = Responder(7, "zh")
+    responder.send("…", keyboards[-1])
+    assert Responder.load(responder.dump(), "zh").messages == responder.messages
