@@ -70,7 +70,7 @@ _SHARED_MAX = 2048
 
 def _shared(markup: _M) -> _M:
     _SHARED_JSON[id(markup)] = (markup, markup.model_dump_json(exclude_none=True))
-    if len(_SHARED_JSON) > _SHARED_MAX:
+    while len(_SHARED_JSON) > _SHARED_MAX:
         _SHARED_JSON.popitem(last=False)
     return markup
 
