@@ -33,14 +33,14 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
         tasks.extend({"kind": "intake", "backend": b, "citizens": n} for b in backends)
         tasks.append({"kind": "ceiling", "citizens": n})
     # The same dialog at a person's pace: latency when the bot is not saturated (bench.feeder.run_paced).
-    pace, paced_citizens = ([2.0, 4.0], 1000) if full else ([0.1, 0.3], 50)
+    pace, paced_citizens = ([2.0, 4.0], 1000) if full else ([0.05, 0.15], 50)
     if "sqlite" in backends:
         tasks.append({"kind": "intake", "backend": "sqlite", "citizens": paced_citizens, "pace": pace})
         tasks.append({"kind": "ceiling", "citizens": paced_citizens, "pace": pace})
     # (The earlier what-ifs, one pooled SQLite connection and no FSM, are the product's defaults now.)
     if full and "postgresql" in backends:
         tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
-    sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 100_000]
+    sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 50_000]
     tasks.extend({"kind": "status", "backend": b, "sizes": sizes, "per_kind": 150 if full else 15,
                   "concurrent": 300 if full else 60, "filings": 5 if full else 2} for b in backends)
     tasks.append({"kind": "burst", "backend": "sqlite", "burst": "group", "count": 1000 if full else 40,

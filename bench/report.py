@@ -135,7 +135,7 @@ def render(report: dict[str, Any]) -> str:
     intake = [r for r in _results(report, "intake") if not r.get("pace")]
     ceilings = {r["citizens"]: r for r in _results(report, "ceiling") if not r.get("pace")}
     rows: list[list[Any]] = []
-    verdict_ratio: list[bool] = []
+    verdict_ratio: list[tuple[int, float]] = []
     verdict_p99: bool | None = None
     for n in sorted({r["citizens"] for r in intake} | set(ceilings)):
         c = ceilings.get(n)
@@ -147,7 +147,7 @@ def render(report: dict[str, Any]) -> str:
             ratio = r["updates_per_s"] / c["updates_per_s"] if c else math.nan
             name = r["backend"] + (f" (what-if: {r['variant']})" if r.get("variant") else "")
             if r["backend"] == "sqlite" and not r.get("variant") and c:
-                verdict_ratio.append(ratio >= 0.5)
+                verdict_ratio.append((n, ratio))
                 if n == 1000:
                     verdict_p99 = r["latency"]["p99_ms"] <= 10
             confirm = r["by_label"].get("confirm", {})
@@ -165,7 +165,9 @@ def render(report: dict[str, Any]) -> str:
     checks = [f"{r['backend']}×{r['citizens']}: {r['check']['cases_in_db']} cases, "
               f"{r['check']['processed_updates_in_db']} update ids committed" for r in intake if not r.get("variant")]
     out.append("\nConsistency: " + "; ".join(checks) + ".\n")
-    out.append(f"Target ≥ 0.5 × ceiling on SQLite: {_ok(all(verdict_ratio) if verdict_ratio else None)}. "
+    by_size = ", ".join(f"{n:,} citizen{'s' if n > 1 else ''} {_ok(ratio >= 0.5)} ({ratio:.2f} ×)"
+                        for n, ratio in verdict_ratio)
+    out.append(f"Target ≥ 0.5 × ceiling on SQLite: {by_size or _ok(None)}. "
                f"Target p99 ≤ 10 ms at 1,000 citizens: {_ok(verdict_p99)} saturated (the ceiling's own p99 "
                f"is in the table).\n")
     out.extend(_paced(report))
