@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
-from aiogram.dispatcher.event.bases import UNHANDLED
+from aiogram.dispatcher.event.bases import UNHANDLED, NextMiddlewareType
 from aiogram.dispatcher.middlewares.error import ErrorsMiddleware
 from aiogram.dispatcher.middlewares.manager import MiddlewareManager
 from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
@@ -309,21 +309,17 @@ async def _send(send: Callable[[], Awaitable[Any]], chat: int, pacer: Pacer | No
 _EVENTS = logging.getLogger("aiogram.event")
 
 
-def _may_go_direct(dispatcher: Dispatcher, pipeline: UpdatePipeline) -> bool:
-    """Whether the pipeline may run before aiogram's other outer middlewares: only
-    while those are aiogram's defaults and no error handler is registered (an
-    error handler would swallow a failure inside the batch's transaction instead
-    of letting it roll back; another middleware might want to see every update)."""
+def _routing_after(dispatcher: Dispatcher, pipeline: UpdatePipeline) -> NextMiddlewareType[TelegramObject] | None:
+    """aiogram's dispatch of an update past ``pipeline`` (the dispatcher's other
+    outer middlewares, then its routers), built once per batch; None when the
+    pipeline may not run before those: only aiogram's defaults and no error
+    handler allow it (an error handler would swallow a failure inside the
+    batch's transaction instead of letting it roll back; another middleware
+    might want to see every update)."""
     others = [m for m in dispatcher.update.outer_middleware if m is not pipeline]
-    return (not dispatcher.errors.handlers
-            and all(type(m) in (ErrorsMiddleware, UserContextMiddleware) for m in others))
-
-
-def _route(dispatcher: Dispatcher, pipeline: UpdatePipeline, update: TelegramObject, data: dict[str, Any]) -> Any:
-    """aiogram's dispatch of an update, past ``pipeline``: the dispatcher's other
-    outer middlewares, then its routers."""
-    others = [m for m in dispatcher.update.outer_middleware if m is not pipeline]
-    return MiddlewareManager.wrap_middlewares(others, dispatcher.update.trigger)(update, data)
+    if dispatcher.errors.handlers or any(type(m) not in (ErrorsMiddleware, UserContextMiddleware) for m in others):
+        return None
+    return MiddlewareManager.wrap_middlewares(others, dispatcher.update.trigger)
 
 
 def _chat_and_user(update: Update) -> tuple[int | None, int | None, str | None, str | None]:
@@ -518,9 +514,9 @@ class UpdatePipeline(BaseMiddleware):
                     group = Group(session)
                     group.marking = await self._mark_sent(session, force=True)
                     await group.begin(updates, self.prefetch)
-                    direct = _may_go_direct(dispatcher, self)
+                    routing = _routing_after(dispatcher, self)
                     for update in updates:
-                        await self._feed(dispatcher, bot, update, group, direct)
+                        await self._feed(dispatcher, bot, update, group, routing)
                     await group.finish(self.clock())
                 self._wake(session)
         except Exception:
@@ -538,18 +534,18 @@ class UpdatePipeline(BaseMiddleware):
                 if update.update_id not in answered:
                     done(update.update_id)
 
-    async def _feed(self, dispatcher: Dispatcher, bot: Bot, update: Update, group: Group, direct: bool) -> None:
-        """One update of a batch. ``direct`` (see :func:`_may_go_direct`): this
+    async def _feed(self, dispatcher: Dispatcher, bot: Bot, update: Update, group: Group,
+                    routing: NextMiddlewareType[TelegramObject] | None) -> None:
+        """One update of a batch. Given ``routing`` (:func:`_routing_after`): this
         pipeline first, so that what the lane takes never enters aiogram's
-        dispatch, and the rest goes on through aiogram's two default outer
-        middlewares (the user context; errors, passed on as no error handler is
-        registered) and its routers. Else as ``feed_update`` takes it."""
-        if not direct or update.bot is not bot:  # feed_update mounts an unbound update first
+        dispatch, and the rest goes on through ``routing``. Else as
+        ``feed_update`` takes it."""
+        if routing is None or update.bot is not bot:  # feed_update mounts an unbound update first
             await dispatcher.feed_update(bot, update, update_group=group)
             return
         started = time.monotonic()
         data = {"dispatcher": dispatcher, **dispatcher.workflow_data, "update_group": group, "bot": bot}
-        result = await self(partial(_route, dispatcher, self), update, data)
+        result = await self(routing, update, data)
         if _EVENTS.isEnabledFor(logging.INFO):  # the line feed_update writes for each update
             _EVENTS.info("Update id=%s is %s. Duration %d ms by bot id=%d", update.update_id,
                          "not handled" if result is UNHANDLED else "handled",

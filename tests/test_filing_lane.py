@@ -8,7 +8,7 @@ from typing import Any
 from aiogram.types import Chat, Update
 
 from bot.callbacks import MenuAction, MenuButton
-from bot.middlewares import UpdatePipeline, _may_go_direct
+from bot.middlewares import UpdatePipeline, _routing_after
 from bot.routers.citizen import filing_route
 from tests.conftest import App
 from tests.flows import ZH, to_title
@@ -66,17 +66,17 @@ async def test_a_batch_goes_straight_to_the_pipeline_only_while_the_dispatcher_h
         app: App) -> None:
     dp = app.sim.dp
     pipeline: UpdatePipeline = dp["pipeline"]
-    assert _may_go_direct(dp, pipeline)
+    assert _routing_after(dp, pipeline) is not None
 
     async def on_error(event: Any) -> None:  # would swallow a failure inside the batch's transaction
         return None
 
     dp.errors.register(on_error)
-    assert not _may_go_direct(dp, pipeline)
+    assert _routing_after(dp, pipeline) is None
     dp.errors.handlers.clear()
 
     async def watcher(handler: Any, event: Any, data: dict[str, Any]) -> Any:
         return await handler(event, data)
 
     dp.update.outer_middleware(watcher)  # wants to see every update
-    assert not _may_go_direct(dp, pipeline)
+    assert _routing_after(dp, pipeline) is None

@@ -72,6 +72,12 @@ class Answering(Filter):
         return not (said and said.lstrip().startswith("/"))  # Command splits on whitespace first
 
 
+#: The filing's filters: the router and the lane check the very same ones.
+_PRIVATE = PrivateChat()
+_ANSWERING = Answering()
+_INTAKE_BUTTON = IntakeButton.filter()
+
+
 def build_filing_router() -> Router:
     """The filing's answers and buttons, checked before every other handler.
 
@@ -82,10 +88,10 @@ def build_filing_router() -> Router:
     updates to the same handlers without the router (the pipeline asks it first).
     """
     router = Router(name="filing")
-    router.message.filter(PrivateChat(), Answering())
-    router.callback_query.filter(PrivateChat())
+    router.message.filter(_PRIVATE, _ANSWERING)
+    router.callback_query.filter(_PRIVATE)
     router.message()(on_answer)
-    router.callback_query(IntakeButton.filter())(on_intake_button)
+    router.callback_query(_INTAKE_BUTTON)(on_intake_button)
     return router
 
 
@@ -106,11 +112,6 @@ async def on_intake_button(query: CallbackQuery, callback_data: IntakeButton,
         return
     inp = Input(InputKind.BUTTON, step=callback_data.step, value=callback_data.value)
     responder.reply(*await intake.handle(session, citizen, inp, now))
-
-
-_PRIVATE = PrivateChat()
-_ANSWERING = Answering()
-_INTAKE_BUTTON = IntakeButton.filter()
 
 
 async def filing_route(update: Update, data: dict[str, Any]) -> Callable[[], Awaitable[None]] | None:
