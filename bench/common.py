@@ -127,6 +127,9 @@ class DbStats:
     """
 
     statements: int = 0
+    #: SQLite: the one-trip adapter's own count of trips to aiosqlite's thread
+    #: (``storage.onetrip.OneTripDBAPI.trips``), read at each snapshot.
+    dbapi: Any = None
     commits: int = 0
     rollbacks: int = 0
     resets: int = 0
@@ -135,6 +138,8 @@ class DbStats:
 
     def attach(self, engine: AsyncEngine) -> DbStats:
         sync = engine.sync_engine
+        if hasattr(sync.dialect.loaded_dbapi, "trips"):
+            self.dbapi = sync.dialect.loaded_dbapi
 
         @event.listens_for(sync, "before_cursor_execute")
         def _stmt(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
@@ -160,8 +165,11 @@ class DbStats:
         return self
 
     def snapshot(self) -> dict[str, int]:
-        return {"statements": self.statements, "commits": self.commits, "rollbacks": self.rollbacks,
-                "resets": self.resets, "checkouts": self.checkouts}
+        counts = {"statements": self.statements, "commits": self.commits, "rollbacks": self.rollbacks,
+                  "resets": self.resets, "checkouts": self.checkouts}
+        if self.dbapi is not None:
+            counts["trips"] = int(self.dbapi.trips)
+        return counts
 
     def since(self, before: dict[str, int]) -> dict[str, int]:
         now = self.snapshot()
@@ -172,8 +180,11 @@ def round_trips(delta: dict[str, int], backend: str) -> int:
     """Statements plus the other driver round trips of ``delta`` (see DbStats).
 
     SQLite (aiosqlite: every call is a hop to the connection's thread): the
-    statements (``BEGIN IMMEDIATE`` is one), COMMIT/ROLLBACK, and the pool's
-    reset-on-return ``rollback()``. PostgreSQL (asyncpg): the statements, the
+    one-trip adapter counts its trips itself (a BEGIN and the writes riding
+    along with a statement or the commit share its trip; a rollback with no
+    transaction open makes none); without it, the statements (``BEGIN
+    IMMEDIATE`` is one), COMMIT/ROLLBACK, and the pool's reset-on-return
+    ``rollback()``. PostgreSQL (asyncpg): the statements, the
     ``BEGIN`` the adapter sends before a transaction's first statement and its
     COMMIT/ROLLBACK, and ``pool_pre_ping``: BEGIN, ``;``, ROLLBACK per checkout
     (SQLAlchemy 2.1 pings inside a transaction for pgbouncer's sake). A reset
@@ -181,6 +192,8 @@ def round_trips(delta: dict[str, int], backend: str) -> int:
     """
     transactions = delta["commits"] + delta["rollbacks"]
     if backend == "sqlite":
+        if "trips" in delta:
+            return delta["trips"]
         return delta["statements"] + transactions + delta["resets"]
     return delta["statements"] + 2 * transactions + 3 * delta["checkouts"]
 

@@ -56,6 +56,7 @@ from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
 from handoff.outbox import Wakeup
 from handoff.pacer import Pacer
+from storage.db import WRITES_RIDE_ALONG
 from storage.models import CitizenSession
 from storage.repositories import (
     citizen_session,
@@ -359,11 +360,15 @@ class Group:
         self.citizens: dict[int, CitizenSession] = {}
 
     async def begin(self, updates: Sequence[Update], prefetch: Prefetch | None = None) -> None:
-        """Find the batch's replays and read its citizens: two queries for the
-        whole batch instead of two statements per update; then ``prefetch``
-        reads what the handlers will need for those citizens (one more query)."""
-        ids = [u.update_id for u in updates]
-        self.claimed = set(ids) - await processed_among(self.session, ids)
+        """Read the batch's citizens in one query; then ``prefetch`` reads what
+        the handlers will need for them (one more query).
+
+        Every update is taken as new: the statement that records them at the
+        end (:meth:`finish`) fails if one was already recorded, which rolls the
+        batch back to be redone update by update, where each update checks its
+        own. Such a replay happens only after a crash between a commit and the
+        next ``getUpdates``, so the common batch saves a query."""
+        self.claimed = {u.update_id for u in updates}
         people = set()
         for update in updates:
             _, user_id, chat_type, _ = _chat_and_user(update)
@@ -382,7 +387,13 @@ class Group:
         return False
 
     async def finish(self, now: datetime) -> None:
+        """Record the batch's updates with their replies, and write what the
+        handlers changed. Nothing here needs an answer from the database, so on
+        SQLite these writes ride along with the commit's trip."""
+        connection = await self.session.connection()
+        await connection.execution_options(**{WRITES_RIDE_ALONG: True})
         await record_updates(self.session, [(i, self.to_store.get(i)) for i in self.taken], now)
+        await self.session.flush()
 
 
 Done = Callable[[int], None]
@@ -504,15 +515,14 @@ class UpdatePipeline(BaseMiddleware):
         is redone update by update, each in its own transaction, so one bad
         update costs only itself.
         """
-        if len(updates) < 2:
-            await feed_each(dispatcher, bot, updates, done)
+        if not updates:
             return
         group: Group | None = None
         try:
             async with self.sessionmaker() as session:
                 async with session.begin():
                     group = Group(session)
-                    group.marking = await self._mark_sent(session, force=True)
+                    group.marking = await self._mark_sent(session, force=len(updates) > 1)
                     await group.begin(updates, self.prefetch)
                     routing = _routing_after(dispatcher, self)
                     for update in updates:
@@ -520,8 +530,12 @@ class UpdatePipeline(BaseMiddleware):
                     await group.finish(self.clock())
                 self._wake(session)
         except Exception:
-            log.exception("a batch of %d updates failed as one transaction; redoing them one by one",
-                          len(updates))
+            if await self._replayed(updates):
+                log.info("a batch of %d updates holds updates already processed (a replay after a "
+                         "restart); redoing them one by one", len(updates))
+            else:
+                log.exception("a batch of %d updates failed as one transaction; redoing them one by one",
+                              len(updates))
             admitted = group.admitted if group is not None else {}
             if group is not None:
                 self.sent |= group.marking
@@ -533,6 +547,14 @@ class UpdatePipeline(BaseMiddleware):
             for update in updates:
                 if update.update_id not in answered:
                     done(update.update_id)
+
+    async def _replayed(self, updates: Sequence[Update]) -> bool:
+        """Whether a failed batch held updates already recorded as processed."""
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                return bool(await processed_among(session, [u.update_id for u in updates]))
+        except Exception:  # the database is down: the redo will tell
+            return False
 
     async def _feed(self, dispatcher: Dispatcher, bot: Bot, update: Update, group: Group,
                     routing: NextMiddlewareType[TelegramObject] | None) -> None:

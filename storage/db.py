@@ -18,11 +18,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from storage.onetrip import one_trip_dbapi
+from storage.onetrip import OneTripConnection, OneTripCursor, one_trip_dbapi
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+#: An execution option: on SQLite through ``storage.onetrip``, the connection's
+#: INSERTs and UPDATEs that return nothing (no RETURNING, no new row id) ride
+#: along with its next trip, the commit's at the latest, each promised to
+#: change one row per parameter set (checked when it runs). Set it only where
+#: that holds and nothing needs their effect before the next statement: an ORM
+#: flush (whose UPDATEs are by primary key, and which checks the same counts).
+WRITES_RIDE_ALONG = "petition_writes_ride_along"
 
 
 def is_sqlite(url: str) -> bool:
@@ -58,9 +67,23 @@ def _sqlite_setup(engine: AsyncEngine, synchronous: str, busy_timeout_ms: int) -
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _ride_along(_conn: Connection, cursor: Any, _statement: str, parameters: Any, context: Any,
+                    executemany: bool) -> None:
+        if context is None or not context.execution_options.get(WRITES_RIDE_ALONG):
+            return
+        compiled = context.compiled
+        if (isinstance(cursor, OneTripCursor) and (context.isinsert or context.isupdate) and compiled is not None
+                and not compiled.effective_returning and not compiled.postfetch_lastrowid):
+            cursor.ride_along(len(parameters) if executemany else 1)
+
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        raw = connection.connection.dbapi_connection
+        if isinstance(raw, OneTripConnection):
+            raw.begin_with_next("BEGIN IMMEDIATE")  # sent with the first statement, no trip of its own
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,4 +1,4 @@
-"""SQLite through aiosqlite in one trip to its thread per statement.
+"""SQLite through aiosqlite with as few trips to its thread as a transaction needs.
 
 aiosqlite runs every call in a worker thread of its own, and each call is a
 trip there and back: a future, a wake-up of the thread, a wake-up of the event
@@ -9,10 +9,24 @@ time, so a statement cost ~270 µs of CPU before anything was executed
 (``docs/BENCHMARKS.md``, finding 17).
 
 This adapter keeps SQLAlchemy's own (connection, transactions, errors,
-isolation level, type handling) and changes one thing: a statement is executed
-and its rows are fetched in the worker thread in one trip, with a cursor that
-lives only there. The engine gets it as its DBAPI module
-(``create_async_engine(..., module=one_trip_dbapi())``, see ``storage.db``).
+isolation level, type handling) and changes four things:
+
+- a statement is executed and its rows are fetched in the worker thread in one
+  trip, with a cursor that lives only there;
+- a transaction's ``BEGIN`` is not a trip of its own: it is sent in the same
+  trip as the transaction's first statement (:meth:`OneTripConnection.begin_with_next`);
+- a write whose caller needs nothing back from it can ride along too
+  (:meth:`OneTripCursor.ride_along`): it is sent, in order, at the start of
+  the next trip, the commit's at the latest; a row count it was promised is
+  checked there, and a write that fails or changes another number of rows
+  fails that trip, and with it the transaction;
+- ``commit()`` and ``rollback()`` make no trip when no transaction is open in
+  SQLite: the pool's rollback when a connection is returned after a commit,
+  or a transaction that never ran a statement.
+
+The engine gets it as its DBAPI module
+(``create_async_engine(..., module=one_trip_dbapi())``, see ``storage.db``);
+``OneTripDBAPI.trips`` counts the trips made (the benchmarks read it).
 
 It reaches into two private corners, both pinned in ``pyproject.toml``:
 SQLAlchemy's asyncio adapter classes (``sqlalchemy.dialects.sqlite.aiosqlite``)
@@ -24,7 +38,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -37,39 +51,100 @@ from sqlalchemy.util.concurrency import await_
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
-    """In aiosqlite's thread: execute and fetch, with a cursor that never leaves it."""
+class _Write(NamedTuple):
+    """A write riding along with the next trip, and the row count it promised."""
+
+    operation: str
+    parameters: Any
+    many: bool
+    rows: int | None
+
+
+class _Ahead(NamedTuple):
+    """What goes before a trip's own work: the transaction's BEGIN, the writes riding along."""
+
+    begin: str | None
+    writes: tuple[_Write, ...]
+
+
+def _execute(cursor: sqlite3.Cursor, operation: str, parameters: Any, many: bool) -> None:
+    if many:
+        cursor.executemany(operation, parameters)
+    elif parameters is None:
+        cursor.execute(operation)
+    else:
+        cursor.execute(operation, parameters)
+
+
+def _catch_up(cursor: sqlite3.Cursor, ahead: _Ahead | None) -> None:
+    """In aiosqlite's thread: the BEGIN and the writes that ride with this trip."""
+    if ahead is None:
+        return
+    if ahead.begin is not None:
+        cursor.execute(ahead.begin)
+    for write in ahead.writes:
+        _execute(cursor, write.operation, write.parameters, write.many)
+        if write.rows is not None and cursor.rowcount != write.rows:
+            raise sqlite3.DatabaseError(f"a write sent ahead changed {cursor.rowcount} rows, "
+                                        f"not {write.rows}: {write.operation[:200]}")
+
+
+def _run(connection: sqlite3.Connection, ahead: _Ahead | None, operation: str, parameters: Any,
+         many: bool) -> _Outcome:
+    """In aiosqlite's thread: what rides along, then execute and fetch, with a
+    cursor that never leaves the thread."""
     cursor = connection.cursor()
     try:
-        if many:
-            cursor.executemany(operation, parameters)
-        elif parameters is None:
-            cursor.execute(operation)
-        else:
-            cursor.execute(operation, parameters)
+        _catch_up(cursor, ahead)
+        _execute(cursor, operation, parameters, many)
         description = cursor.description
         return description, cursor.fetchall() if description else [], cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
 
 
+def _commit(connection: sqlite3.Connection, ahead: _Ahead) -> None:
+    """In aiosqlite's thread: what rides along, then the commit."""
+    cursor = connection.cursor()
+    try:
+        _catch_up(cursor, ahead)
+    finally:
+        cursor.close()
+    connection.commit()
+
+
 class _Trip:
     """What SQLAlchemy's adapter expects of an aiosqlite cursor, filled by one trip."""
 
-    __slots__ = ("_connection", "_rows", "arraysize", "description", "lastrowid", "rowcount")
+    __slots__ = ("_adapter", "_rows", "arraysize", "description", "lastrowid", "ride", "rowcount")
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._connection = connection
+    def __init__(self, adapter: OneTripConnection) -> None:
+        self._adapter = adapter
         self.arraysize = 1
         self.description: Any = None
         self.rowcount = -1
         self.lastrowid: int | None = None
         self._rows: list[Any] = []
+        #: Set by OneTripCursor.ride_along for the next statement: whether it
+        #: rides along, and the row count it promises (None: none promised).
+        self.ride: tuple[bool, int | None] = (False, None)
 
     async def _go(self, operation: str, parameters: Any, many: bool) -> None:
-        conn = self._connection
+        adapter = self._adapter
+        (later, rows), self.ride = self.ride, (False, None)
+        if later:
+            adapter._writes.append(_Write(operation, parameters, many, rows))
+            self.description, self._rows, self.lastrowid = None, [], None
+            self.rowcount = -1 if rows is None else rows
+            return
+        conn: Any = adapter._connection  # an aiosqlite.Connection
+        ahead = adapter._take_ahead()
+        # From here on a transaction may be open (a statement that fails after
+        # the BEGIN leaves it open), so commit and rollback are real trips.
+        adapter._open = True
+        adapter.dbapi.trips += 1
         run_there: Any = conn._execute  # aiosqlite's own "run this in my thread" (untyped)
-        outcome: _Outcome = await run_there(_run, conn._conn, operation, parameters, many)
+        outcome: _Outcome = await run_there(_run, conn._conn, ahead, operation, parameters, many)
         self.description, self._rows, self.rowcount, self.lastrowid = outcome
 
     async def execute(self, operation: str, parameters: Sequence[Any] | None = None) -> None:
@@ -93,18 +168,76 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     _awaitable_cursor_close = False
 
     def _make_new_cursor(self, connection: Any) -> Any:
-        return _Trip(connection)
+        return _Trip(self._adapt_connection)  # type: ignore[arg-type]
 
     def _aenter_cursor(self, cursor: Any) -> Any:
         return cursor
 
+    def ride_along(self, rows: int | None) -> None:
+        """Let the next statement on this cursor, a write, ride along with the
+        connection's next trip instead of making its own. ``rows``: the row
+        count to report now and check when it runs (None: report -1, check nothing)."""
+        trip: Any = self._cursor  # a _Trip
+        trip.ride = (True, rows)
+
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("_begin", "_open", "_writes")
     _cursor_cls = OneTripCursor
+    dbapi: OneTripDBAPI
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        #: A BEGIN to send with the next trip.
+        self._begin: str | None = None
+        #: Writes to send, in order, with the next trip.
+        self._writes: list[_Write] = []
+        #: Whether SQLite may have a transaction open: set by every statement's
+        #: trip, cleared by a commit or rollback that went through.
+        self._open = False
+
+    def begin_with_next(self, begin: str) -> None:
+        """Begin a transaction with ``begin`` (``BEGIN IMMEDIATE``) in the same
+        trip as its first statement. Nothing happens in SQLite between the two,
+        so the lock is taken at the same moment as with a trip of its own."""
+        self._begin = begin
+
+    def _take_ahead(self) -> _Ahead | None:
+        if self._begin is None and not self._writes:
+            return None
+        ahead = _Ahead(self._begin, tuple(self._writes))
+        self._begin = None
+        self._writes.clear()
+        return ahead
+
+    def commit(self) -> None:
+        ahead = self._take_ahead()
+        if ahead is not None and ahead.writes:
+            self._open = True  # the writes may fail after the BEGIN: then a rollback is due
+            self.dbapi.trips += 1
+            run_there: Any = self._connection._execute
+            try:
+                await_(run_there(_commit, self._connection._conn, ahead))
+            except Exception as error:
+                self._handle_exception(error)
+            self._open = False
+        elif self._open:
+            self.dbapi.trips += 1
+            super().commit()
+            self._open = False
+
+    def rollback(self) -> None:
+        self._take_ahead()  # never sent: nothing to undo
+        if self._open:
+            self.dbapi.trips += 1
+            super().rollback()
+            self._open = False
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    #: Trips made to the connections' threads: statements, commits, rollbacks.
+    trips = 0
+
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
         if kw.get("async_creator_fn"):
             raise ValueError("a custom async creator is not supported by the one-trip adapter")

@@ -40,6 +40,9 @@ _UNSENT_REPLIES = (select(_UPDATES.c.replies, _UPDATES.c.delivered)
                    .where(_UPDATES.c.update_id == bindparam("update_id")))
 _CITIZEN = select(CitizenSession).where(CitizenSession.user_id == bindparam("user_id"))
 _CITIZEN_LOCKED = _CITIZEN.with_for_update()
+_CITIZENS = (select(CitizenSession).where(CitizenSession.user_id.in_(bindparam("ids", expanding=True)))
+             .order_by(CitizenSession.user_id))
+_CITIZENS_LOCKED = _CITIZENS.with_for_update()
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -68,10 +71,9 @@ async def processed_among(session: AsyncSession, update_ids: Iterable[int]) -> s
 
 async def record_updates(session: AsyncSession, rows: list[tuple[int, dict[str, Any] | None]],
                          now: datetime) -> None:
-    """Record a batch's new update ids with their replies, in one statement
-    (executemany). Run in the transaction that saw them unrecorded
-    (:func:`processed_among`); an id recorded meanwhile by another process
-    fails the insert, and with it the batch."""
+    """Record a batch's update ids with their replies, in one statement
+    (executemany). An id already recorded (a replay, or another process that
+    recorded it meanwhile) fails the insert, and with it the batch."""
     if rows:
         await session.execute(_RECORD, [{"update_id": i, "now": now, "replies": r, "delivered": r is None}
                                         for i, r in rows])
@@ -130,10 +132,8 @@ async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *,
     ids = sorted(set(user_ids))
     if not ids:
         return {}
-    stmt = select(CitizenSession).where(CitizenSession.user_id.in_(ids)).order_by(CitizenSession.user_id)
-    if lock and _dialect(session) == "postgresql":
-        stmt = stmt.with_for_update()
-    return {row.user_id: row for row in (await session.scalars(stmt)).all()}
+    stmt = _CITIZENS_LOCKED if lock and _dialect(session) == "postgresql" else _CITIZENS
+    return {row.user_id: row for row in (await session.scalars(stmt, {"ids": ids})).all()}
 
 
 #: Petitioners asked for in one statement at most (CaseRepository.petitioners).

@@ -1,17 +1,19 @@
 """The SQLite engine's one-trip adapter (storage/onetrip.py) behaves as a DBAPI
-cursor must: rows, row counts, ids, executemany, RETURNING, errors, rollback."""
+cursor must: rows, row counts, ids, executemany, RETURNING, errors, rollback;
+and it saves the trips it says it saves, without changing what a transaction does."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Column, Integer, MetaData, Table, Text, insert, select, text, update
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import create_engine
+from storage.db import WRITES_RIDE_ALONG, create_engine
 from storage.onetrip import OneTripConnection
 
 
@@ -58,3 +60,90 @@ async def test_errors_are_sqlalchemys_and_a_rollback_undoes_the_transaction(engi
             await conn.execute(text("SELECT nothing FROM nowhere"))
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT name FROM t"))).scalars().all() == ["a"]
+
+
+# -- fewer trips: BEGIN with the first statement, writes riding along, no empty rollbacks --------
+
+_T = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("name", Text, unique=True),
+           Column("n", Integer))
+
+
+def _trips(engine: AsyncEngine) -> int:
+    return int(engine.sync_engine.dialect.loaded_dbapi.trips)
+
+
+async def test_a_transaction_with_one_statement_is_two_trips_and_an_empty_one_none(engine: AsyncEngine) -> None:
+    before = _trips(engine)
+    async with engine.begin() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    assert _trips(engine) - before == 2, "the statement (with its BEGIN) and the commit; no rollback on return"
+    before = _trips(engine)
+    async with engine.begin():
+        pass
+    assert _trips(engine) == before
+
+
+async def test_the_write_lock_is_taken_with_the_first_statement(engine: AsyncEngine, tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "onetrip.db", timeout=0)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT count(*) FROM t"))  # a read, but BEGIN IMMEDIATE went with it
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("INSERT INTO t (name, n) VALUES ('other', 0)")
+        other.execute("INSERT INTO t (name, n) VALUES ('other', 0)")
+        other.commit()
+    finally:
+        other.close()
+
+
+async def test_writes_ride_along_with_the_commit_and_promise_their_row_counts(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(_T), [{"id": 1, "name": "a", "n": 1}])
+    before = _trips(engine)
+    async with engine.begin() as conn:
+        await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+        many = await conn.execute(insert(_T), [{"id": 2, "name": "b", "n": 2}, {"id": 3, "name": "c", "n": 3}])
+        updated = await conn.execute(update(_T).where(_T.c.id == 1).values(n=10))
+        assert (many.rowcount, updated.rowcount) == (2, 1)
+        assert _trips(engine) == before, "nothing sent yet"
+    assert _trips(engine) - before == 1, "the writes and the commit: one trip"
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(_T.c.name, _T.c.n).order_by(_T.c.id))).all() == [
+            ("a", 10), ("b", 2), ("c", 3)]
+
+
+async def test_a_statement_sees_the_writes_that_rode_along_before_it(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+        await conn.execute(insert(_T), [{"id": 1, "name": "a", "n": 1}])
+        assert (await conn.execute(select(_T.c.name))).scalars().all() == ["a"]
+
+
+async def test_a_write_riding_along_that_fails_fails_the_commit_and_undoes_the_transaction(
+        engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(_T), [{"id": 1, "name": "a", "n": 1}])
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await conn.execute(update(_T).where(_T.c.id == 1).values(n=5))  # sent at once
+            await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+            await conn.execute(insert(_T), [{"id": 2, "name": "a", "n": 2}])  # name is unique
+    with pytest.raises(DatabaseError, match="changed 0 rows, not 1"):
+        async with engine.begin() as conn:
+            await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+            await conn.execute(update(_T).where(_T.c.id == 1).values(n=6))
+            await conn.execute(update(_T).where(_T.c.id == 99).values(n=7))  # no such row
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(_T.c.id, _T.c.n))).all() == [(1, 1)]
+    async with engine.begin() as conn:  # and the connection is fine afterwards
+        await conn.execute(update(_T).where(_T.c.id == 1).values(n=8))
+
+
+async def test_what_needs_an_answer_never_rides_along(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+        new = await conn.execute(insert(_T).values(name="a", n=1))  # the new row's id is needed
+        assert new.inserted_primary_key == (1,)
+        returned = await conn.execute(insert(_T).values(name="b", n=2).returning(_T.c.id))
+        assert returned.scalar() == 2
+        assert (await conn.execute(text("UPDATE t SET n = n + 1"))).rowcount == 2  # text: not a known write

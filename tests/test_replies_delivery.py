@@ -295,7 +295,8 @@ async def test_the_same_update_twice_in_one_batch_has_one_effect(app: App) -> No
     assert len(replies) == 2 and replies[0] == _request_question(app), replies
 
 
-async def test_a_replayed_batch_changes_nothing_and_sends_only_what_never_went_out(app: App) -> None:
+async def test_a_replayed_batch_changes_nothing_and_sends_only_what_never_went_out(
+        app: App, caplog: pytest.LogCaptureFixture) -> None:
     first, second = app.sim.citizen(user_id=4001), app.sim.citizen(user_id=4002)
     for person in (first, second):
         await to_title(person)
@@ -306,13 +307,18 @@ async def test_a_replayed_batch_changes_nothing_and_sends_only_what_never_went_o
     await process_batch(app.sim.dp, app.sim.bot, batch)
     assert first.texts_since(marks[0]) == [] and second.texts_since(marks[1]) == []
 
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="bot.middlewares")
     await process_batch(app.sim.dp, app.sim.bot, batch)  # Telegram sends the batch again
     assert first.texts_since(marks[0]) == second.texts_since(marks[1]) == [_request_question(app)]
     assert (await stored(app, first)).answers["title"] == "拖欠工资"
     assert (await stored(app, second)).answers["title"] == "噪音扰民"
 
     await process_batch(app.sim.dp, app.sim.bot, batch)  # and once more: nothing left to send
+    await process_batch(app.sim.dp, app.sim.bot, batch[:1])  # a replay alone too
     assert first.texts_since(marks[0]) == second.texts_since(marks[1]) == [_request_question(app)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "a replay is not an error"
+    assert any("already processed" in r.getMessage() for r in caplog.records)
 
 
 def test_kept_replies_hold_the_keyboard_as_sent_shared_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
