@@ -193,7 +193,7 @@ class OutboxWorker:
     async def _claim(self, now: datetime) -> tuple[list[tuple[int, Outgoing | None, float]], float | None]:
         """Lease the first due row of each chat that the pacer lets through, and
         compose its message here, so the send follows the pacer's count at once."""
-        picked: list[tuple[int, Outgoing | None, float]] = []
+        chosen: list[tuple[OutboxMessage, float]] = []
         wait: float | None = None
         async with self.sessionmaker() as session, session.begin():
             stmt = (select(OutboxMessage)
@@ -220,10 +220,14 @@ class OutboxWorker:
                 if pace > 0:
                     wait = pace if wait is None else min(wait, pace)
                     continue
-                counted_at = self.pacer.record(row.chat_id)
+                chosen.append((row, self.pacer.record(row.chat_id)))
                 row.lease_until = now + LEASE
-                case = await session.get(Case, row.case_id) if row.case_id is not None else None
-                picked.append((row.id, self._compose(row, case), counted_at))
+            # The chosen rows' cases in one query, not one each.
+            case_ids = {row.case_id for row, _ in chosen if row.case_id is not None}
+            cases = ({case.id: case for case in await session.scalars(select(Case).where(Case.id.in_(case_ids)))}
+                     if case_ids else {})
+            picked = [(row.id, self._compose(row, cases.get(row.case_id) if row.case_id is not None else None),
+                       counted_at) for row, counted_at in chosen]
         return picked, wait
 
     async def _deliver(self, row_id: int, message: Outgoing | None, counted_at: float) -> None:
