@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,42 @@ async def test_what_needs_an_answer_never_rides_along(engine: AsyncEngine) -> No
         returned = await conn.execute(insert(_T).values(name="b", n=2).returning(_T.c.id))
         assert returned.scalar() == 2
         assert (await conn.execute(text("UPDATE t SET n = n + 1"))).rowcount == 2  # text: not a known write
+
+
+async def test_an_orm_flush_riding_along_that_fails_at_the_commit_leaves_nothing_and_the_session_usable(
+        tmp_path: Path) -> None:
+    from storage.db import create_sessionmaker, migrate
+    from storage.models import CitizenSession
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'orm.db'}")
+    await migrate(engine)
+    sessionmaker = create_sessionmaker(engine)
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+
+    def citizen(user_id: int) -> CitizenSession:
+        return CitizenSession(user_id=user_id, chat_id=user_id, locale="zh", state=None, data={}, awaiting=None,
+                              extra={}, banned=False, updated_at=now)
+
+    try:
+        async with sessionmaker() as session, session.begin():
+            session.add(citizen(1))
+        flushed = False
+        with pytest.raises(IntegrityError):
+            async with sessionmaker() as session, session.begin():
+                (await session.get_one(CitizenSession, 1)).locale = "en"
+                broken = citizen(2)
+                broken.chat_id = None  # type: ignore[assignment]  # NOT NULL: fails when the commit's trip runs it
+                session.add(broken)
+                connection = await session.connection()
+                await connection.execution_options(**{WRITES_RIDE_ALONG: True})
+                await session.flush()
+                flushed = True
+        assert flushed, "the flush sent nothing: the writes went with the commit"
+        async with sessionmaker() as session, session.begin():
+            rows = (await session.scalars(select(CitizenSession))).all()
+            assert [(r.user_id, r.locale) for r in rows] == [(1, "zh")], "the whole transaction was undone"
+            rows[0].locale = "en"
+        async with sessionmaker() as session:
+            assert (await session.get_one(CitizenSession, 1)).locale == "en"
+    finally:
+        await engine.dispose()
