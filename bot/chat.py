@@ -95,7 +95,7 @@ async def run_chat(settings: Settings, bureau: BureauConfig, *, user_id: int, la
         per_chat_interval=1e-6, group_per_minute=10**9, global_per_second=10**9, safety=0.0))
     maintenance = create_maintenance(dp, sessionmaker, bot=bot)
     await maintenance.tick()
-    sim = Simulator(dp, bot, telegram)
+    sim = Simulator(dp, bot, telegram, batches=True)  # each line as polling delivers it
     # Continue the numbering of earlier runs so update ids are never reused.
     async with sessionmaker() as session:
         last = await session.scalar(select(func.max(ProcessedUpdate.update_id)))

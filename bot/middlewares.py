@@ -49,6 +49,7 @@ from aiogram.types import (
     TelegramObject,
     Update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.render import Markup, OutMessage, markup_json, render
@@ -350,7 +351,7 @@ class Group:
         self.admitted: dict[int, bool | None] = {}
         #: Delivery marks written in this transaction (made again if it rolls back).
         self.marking: set[int] = set()
-        #: Update ids not yet processed when the batch began (the others are replays).
+        #: The batch's update ids not yet taken (a second copy in the batch is a replay).
         self.claimed: set[int] = set()
         #: Those taken so far, in order, and the replies to keep with them: all
         #: recorded in one statement at the end, in this transaction.
@@ -366,8 +367,9 @@ class Group:
         Every update is taken as new: the statement that records them at the
         end (:meth:`finish`) fails if one was already recorded, which rolls the
         batch back to be redone update by update, where each update checks its
-        own. Such a replay happens only after a crash between a commit and the
-        next ``getUpdates``, so the common batch saves a query."""
+        own. A replay happens only when a batch was committed but not confirmed
+        to Telegram (a crash, or a stop whose last confirmation failed), so the
+        common batch saves a query."""
         self.claimed = {u.update_id for u in updates}
         people = set()
         for update in updates:
@@ -529,8 +531,8 @@ class UpdatePipeline(BaseMiddleware):
                         await self._feed(dispatcher, bot, update, group, routing)
                     await group.finish(self.clock())
                 self._wake(session)
-        except Exception:
-            if await self._replayed(updates):
+        except Exception as exc:
+            if isinstance(exc, IntegrityError) and await self._replayed(updates):
                 log.info("a batch of %d updates holds updates already processed (a replay after a "
                          "restart); redoing them one by one", len(updates))
             else:

@@ -111,6 +111,9 @@ class Simulator:
     dp: Dispatcher
     bot: Bot
     telegram: FakeTelegram
+    #: Feed each update as polling does, a batch of one through the pipeline's
+    #: ``run_batch``; else as a webhook does, through ``feed_update``.
+    batches: bool = False
     _update_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _message_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(100000))
 
@@ -136,7 +139,11 @@ class Simulator:
         return Update.model_validate(update.model_dump(exclude_unset=True), context={"bot": self.bot})
 
     async def feed(self, update: Update) -> None:
-        await self.dp.feed_update(self.bot, update)
+        pipeline = self.dp.workflow_data.get("pipeline") if self.batches else None
+        if pipeline is None:
+            await self.dp.feed_update(self.bot, update)
+        else:
+            await pipeline.run_batch(self.dp, self.bot, [self.mount(update)])
 
 
 @dataclass

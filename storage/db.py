@@ -28,10 +28,19 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 #: An execution option: on SQLite through ``storage.onetrip``, the connection's
 #: INSERTs and UPDATEs that return nothing (no RETURNING, no new row id) ride
 #: along with its next trip, the commit's at the latest, each promised to
-#: change one row per parameter set (checked when it runs). Set it only where
-#: that holds and nothing needs their effect before the next statement: an ORM
-#: flush (whose UPDATEs are by primary key, and which checks the same counts).
+#: change one row per parameter set (checked when it runs; upserts and INSERTs
+#: from a SELECT never ride). Set it only where that holds and nothing needs
+#: their effect before the next statement: an ORM flush (whose UPDATEs are by
+#: primary key, and which checks the same counts) and the rows
+#: ``storage.later`` writes at the commit (plain INSERTs).
 WRITES_RIDE_ALONG = "petition_writes_ride_along"
+
+
+def _one_row_each(statement: Any) -> bool:
+    """Whether a write changes one row per parameter set when it succeeds, as far
+    as its form tells: not an upsert (ON CONFLICT may change none) and not an
+    INSERT from a SELECT."""
+    return getattr(statement, "_post_values_clause", None) is None and getattr(statement, "select", None) is None
 
 
 def is_sqlite(url: str) -> bool:
@@ -74,7 +83,8 @@ def _sqlite_setup(engine: AsyncEngine, synchronous: str, busy_timeout_ms: int) -
             return
         compiled = context.compiled
         if (isinstance(cursor, OneTripCursor) and (context.isinsert or context.isupdate) and compiled is not None
-                and not compiled.effective_returning and not compiled.postfetch_lastrowid):
+                and not compiled.effective_returning and not compiled.postfetch_lastrowid
+                and _one_row_each(compiled.statement)):
             cursor.ride_along(len(parameters) if executemany else 1)
 
     @event.listens_for(sync_engine, "begin")

@@ -83,7 +83,11 @@ def _catch_up(cursor: sqlite3.Cursor, ahead: _Ahead | None) -> None:
     if ahead.begin is not None:
         cursor.execute(ahead.begin)
     for write in ahead.writes:
-        _execute(cursor, write.operation, write.parameters, write.many)
+        try:
+            _execute(cursor, write.operation, write.parameters, write.many)
+        except sqlite3.Error as error:  # reported with the statement it rode along with: name its own
+            error.add_note(f"in a write sent ahead: {write.operation[:200]}")
+            raise
         if write.rows is not None and cursor.rowcount != write.rows:
             raise sqlite3.DatabaseError(f"a write sent ahead changed {cursor.rowcount} rows, "
                                         f"not {write.rows}: {write.operation[:200]}")

@@ -148,11 +148,11 @@ class App:
 
 
 def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,
-             clock: TestClock, first_update_id: int = 1) -> App:
+             clock: TestClock, first_update_id: int = 1, batches: bool = False) -> App:
     telegram = FakeTelegram()
     bot = create_bot(TOKEN, session=telegram)
     dp = create_dispatcher(settings, sessionmaker, bureau, clock=clock)
-    sim = Simulator(dp, bot, telegram)
+    sim = Simulator(dp, bot, telegram, batches=batches)
     sim.start_update_ids(first_update_id)
     monotonic = Monotonic()
     worker = create_outbox_worker(dp, sessionmaker, bot, clock=clock, pacer=Pacer(clock=monotonic))
@@ -160,10 +160,24 @@ def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession],
                create_maintenance(dp, sessionmaker, clock, bot=bot))
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with ``BOTH_FEEDS = True`` runs its tests twice: each update fed
+    as a webhook delivers it (``feed_update``, one transaction per update) and
+    as polling does (a batch of one through ``run_batch``, the group's way)."""
+    if "feed" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_FEEDS", False):
+        metafunc.parametrize("feed", ["update", "batch"], indirect=True)
+
+
+@pytest.fixture
+def feed(request: pytest.FixtureRequest) -> str:
+    """How the app's simulator feeds updates (see pytest_generate_tests)."""
+    return str(getattr(request, "param", "update"))
+
+
 @pytest.fixture
 async def app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,
-              clock: TestClock) -> App:
-    return make_app(settings, sessionmaker, bureau, clock)
+              clock: TestClock, feed: str) -> App:
+    return make_app(settings, sessionmaker, bureau, clock, batches=feed == "batch")
 
 
 @pytest.fixture

@@ -23,6 +23,10 @@ from storage.models import Case, CaseEvent, Rating
 from tests.conftest import STAFF_CHAT, App
 from tests.flows import CODE, TRACKING, VALID_ID, file_petition
 
+#: Every test twice: updates fed as a webhook delivers them and as polling does.
+BOTH_FEEDS = True
+
+
 ADMIN = 9001
 HUMEN, CHANGPING = "441900121", "441900110"
 NOT_YOURS = "这个按钮已失效，或不属于您的信访事项。"

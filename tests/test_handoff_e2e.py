@@ -14,6 +14,10 @@ from storage.models import Case, CaseEvent, OutboxMessage, Staff, StaffMessage
 from tests.conftest import STAFF_CHAT, App
 from tests.flows import VALID_ID, ZH, file_petition, to_summary
 
+#: Every test twice: updates fed as a webhook delivers them and as polling does.
+BOTH_FEEDS = True
+
+
 ADMIN = 9001
 CLERK = 9002
 OUTSIDER = 9100

@@ -14,6 +14,9 @@ from storage.models import Attachment, Case, CaseEvent, CitizenSession
 from tests.conftest import App
 from tests.flows import EN, VALID_ID, ZH, file_petition, to_attachments, to_summary, to_title
 
+#: Every test twice: updates fed as a webhook delivers them and as polling does.
+BOTH_FEEDS = True
+
 
 async def _cases(app: App) -> list[Case]:
     async with app.sessionmaker() as session:

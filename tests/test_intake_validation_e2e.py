@@ -23,6 +23,10 @@ from tests.flows import VALID_ID, ZH, labels, to_title
 # -- getting a citizen to a question ------------------------------------------------
 
 
+#: Every test twice: updates fed as a webhook delivers them and as polling does.
+BOTH_FEEDS = True
+
+
 def _send(text: str) -> Callable[[SimUser], Awaitable[Any]]:
     return lambda citizen: citizen.send(text)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, Text, insert, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -124,11 +125,14 @@ async def test_a_write_riding_along_that_fails_fails_the_commit_and_undoes_the_t
         engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(insert(_T), [{"id": 1, "name": "a", "n": 1}])
+    sent = False
     with pytest.raises(IntegrityError):
         async with engine.begin() as conn:
             await conn.execute(update(_T).where(_T.c.id == 1).values(n=5))  # sent at once
             await conn.execution_options(**{WRITES_RIDE_ALONG: True})
-            await conn.execute(insert(_T), [{"id": 2, "name": "a", "n": 2}])  # name is unique
+            await conn.execute(insert(_T), [{"id": 2, "name": "b", "n": 2}, {"id": 3, "name": "a", "n": 3}])
+            sent = True  # name is unique: it fails only when the commit's trip runs it
+    assert sent
     with pytest.raises(DatabaseError, match="changed 0 rows, not 1"):
         async with engine.begin() as conn:
             await conn.execution_options(**{WRITES_RIDE_ALONG: True})
@@ -187,3 +191,18 @@ async def test_an_orm_flush_riding_along_that_fails_at_the_commit_leaves_nothing
             assert (await session.get_one(CitizenSession, 1)).locale == "en"
     finally:
         await engine.dispose()
+
+
+async def test_an_upsert_never_rides_along_and_a_failed_write_names_itself(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(_T), [{"id": 1, "name": "a", "n": 1}])
+    async with engine.begin() as conn:
+        await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+        upsert = sqlite_insert(_T).values(id=1, name="a", n=2).on_conflict_do_nothing()
+        assert (await conn.execute(upsert)).rowcount == 0, "its real count, not a promise"
+    with pytest.raises(IntegrityError) as failed:
+        async with engine.begin() as conn:
+            await conn.execution_options(**{WRITES_RIDE_ALONG: True})
+            await conn.execute(insert(_T), [{"id": 2, "name": "b", "n": 2}, {"id": 3, "name": "a", "n": 3}])
+            await conn.execute(select(_T.c.id))  # the write goes with this statement's trip, and fails there
+    assert any("INSERT INTO t" in note for note in getattr(failed.value.orig, "__notes__", []))

@@ -11,6 +11,9 @@ from tests.conftest import STAFF_CHAT, App
 from tests.flows import ZH, file_petition, to_summary
 from tests.test_handoff_e2e import ADMIN, _press
 
+#: Every test twice: updates fed as a webhook delivers them and as polling does.
+BOTH_FEEDS = True
+
 
 async def _cases(app: App) -> list[Case]:
     async with app.sessionmaker() as session:

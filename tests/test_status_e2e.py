@@ -6,6 +6,9 @@ from dialogs.tracking import ALPHABET, new_tracking_number
 from tests.conftest import App
 from tests.flows import file_petition
 
+#: Every test twice: updates fed as a webhook delivers them and as polling does.
+BOTH_FEEDS = True
+
 
 def _mistype(tracking: str) -> str:
     """Change one symbol of the random part (the check symbol then fails)."""
