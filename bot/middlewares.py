@@ -440,6 +440,8 @@ class UpdatePipeline(BaseMiddleware):
         self.wakeup = wakeup
         self.flood = flood
         self.locks = KeyedLocks()
+        #: Batches run one at a time (see run_batch).
+        self._batches = asyncio.Lock()
         #: Shared with the outbox worker when set (``create_dispatcher(pacer=…)``).
         self.pacer: Pacer | None = None
         #: Updates whose replies went out but are not yet marked so in the database:
@@ -516,9 +518,19 @@ class UpdatePipeline(BaseMiddleware):
         step. If anything fails, the whole transaction rolls back and the batch
         is redone update by update, each in its own transaction, so one bad
         update costs only itself.
+
+        Batches run one at a time, in the order they are handed over: a batch
+        reads its citizens before each chat takes its turn, so two at once
+        could each read a row the other is changing. The poller hands them
+        over one at a time anyway; the lock keeps any other caller in order.
         """
         if not updates:
             return
+        async with self._batches:
+            await self._run_batch(dispatcher, bot, updates, done)
+
+    async def _run_batch(self, dispatcher: Dispatcher, bot: Bot, updates: Sequence[Update],
+                         done: Done | None) -> None:
         group: Group | None = None
         try:
             async with self.sessionmaker() as session:
