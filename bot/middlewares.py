@@ -57,8 +57,8 @@ from dialogs.i18n import normalize_locale, t
 from dialogs.messages import Reply
 from handoff.outbox import Wakeup
 from handoff.pacer import Pacer
-from storage.db import WRITES_RIDE_ALONG
 from storage.models import CitizenSession
+from storage.onetrip import WRITES_RIDE_ALONG
 from storage.repositories import (
     citizen_session,
     citizen_sessions,

@@ -143,7 +143,7 @@ class Simulator:
         if pipeline is None:
             await self.dp.feed_update(self.bot, update)
         else:
-            await pipeline.run_batch(self.dp, self.bot, [self.mount(update)])
+            await pipeline.run_batch(self.dp, self.bot, [update])
 
 
 @dataclass

@@ -224,10 +224,10 @@ class OutboxWorker:
                 row.lease_until = now + LEASE
             # The chosen rows' cases in one query, not one each.
             case_ids = {row.case_id for row, _ in chosen if row.case_id is not None}
-            cases = ({case.id: case for case in await session.scalars(select(Case).where(Case.id.in_(case_ids)))}
-                     if case_ids else {})
-            picked = [(row.id, self._compose(row, cases.get(row.case_id) if row.case_id is not None else None),
-                       counted_at) for row, counted_at in chosen]
+            cases: dict[int | None, Case] = (
+                {case.id: case for case in await session.scalars(select(Case).where(Case.id.in_(case_ids)))}
+                if case_ids else {})
+            picked = [(row.id, self._compose(row, cases.get(row.case_id)), counted_at) for row, counted_at in chosen]
         return picked, wait
 
     async def _deliver(self, row_id: int, message: Outgoing | None, counted_at: float) -> None:

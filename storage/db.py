@@ -18,29 +18,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from storage.onetrip import OneTripConnection, OneTripCursor, one_trip_dbapi
+from storage.onetrip import OneTripConnection, let_writes_ride_along, one_trip_dbapi
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-#: An execution option: on SQLite through ``storage.onetrip``, the connection's
-#: INSERTs and UPDATEs that return nothing (no RETURNING, no new row id) ride
-#: along with its next trip, the commit's at the latest, each promised to
-#: change one row per parameter set (checked when it runs; upserts and INSERTs
-#: from a SELECT never ride). Set it only where that holds and nothing needs
-#: their effect before the next statement: an ORM flush (whose UPDATEs are by
-#: primary key, and which checks the same counts) and the rows
-#: ``storage.later`` writes at the commit (plain INSERTs).
-WRITES_RIDE_ALONG = "petition_writes_ride_along"
-
-
-def _one_row_each(statement: Any) -> bool:
-    """Whether a write changes one row per parameter set when it succeeds, as far
-    as its form tells: not an upsert (ON CONFLICT may change none) and not an
-    INSERT from a SELECT."""
-    return getattr(statement, "_post_values_clause", None) is None and getattr(statement, "select", None) is None
 
 
 def is_sqlite(url: str) -> bool:
@@ -54,7 +36,7 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", busy_timeout_ms
     # One connection: SQLite has one writer anyway, and queueing for the pool is an
     # asyncio wait, where several connections would spin in SQLite's busy handler
     # (measured: twice the throughput, a fraction of the tail latency).
-    # One trip to aiosqlite's thread per statement instead of four (storage.onetrip).
+    # One trip to aiosqlite's thread per statement instead of four, and fewer (storage.onetrip).
     driver = {"module": one_trip_dbapi()} if make_url(url).get_driver_name() == "aiosqlite" else {}
     engine = create_async_engine(url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000},
                                  pool_size=1, max_overflow=0, pool_timeout=120, **driver)
@@ -76,16 +58,7 @@ def _sqlite_setup(engine: AsyncEngine, synchronous: str, busy_timeout_ms: int) -
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
-    @event.listens_for(sync_engine, "before_cursor_execute")
-    def _ride_along(_conn: Connection, cursor: Any, _statement: str, parameters: Any, context: Any,
-                    executemany: bool) -> None:
-        if context is None or not context.execution_options.get(WRITES_RIDE_ALONG):
-            return
-        compiled = context.compiled
-        if (isinstance(cursor, OneTripCursor) and (context.isinsert or context.isupdate) and compiled is not None
-                and not compiled.effective_returning and not compiled.postfetch_lastrowid
-                and _one_row_each(compiled.statement)):
-            cursor.ride_along(len(parameters) if executemany else 1)
+    event.listen(sync_engine, "before_cursor_execute", let_writes_ride_along)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:

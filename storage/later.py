@@ -64,7 +64,7 @@ def _values(row: Base, case: Case | None) -> dict[str, Any]:
 
 @event.listens_for(Session, "before_commit")
 def _write(session: Session) -> None:
-    # Plain INSERTs: in a polling batch (storage.db.WRITES_RIDE_ALONG) those that
+    # Plain INSERTs: in a polling batch (storage.onetrip.WRITES_RIDE_ALONG) those that
     # need no new id back ride along with the commit's trip on SQLite.
     pending: list[tuple[Base, Case | None]] | None = session.info.pop(_KEY, None)
     if not pending:

@@ -50,6 +50,35 @@ from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, list[Any], int, int | None]
 
+#: An execution option: on a connection that has it, INSERTs and UPDATEs that
+#: return nothing (no RETURNING, no new row id) ride along with its next trip,
+#: the commit's at the latest, each promised to change one row per parameter
+#: set (checked when it runs; upserts and INSERTs from a SELECT never ride). Set
+#: it only where that holds and nothing needs their effect before the next
+#: statement: an ORM flush (whose UPDATEs are by primary key, and which checks
+#: the same counts) and the rows ``storage.later`` writes at the commit (plain
+#: INSERTs). On other drivers it does nothing.
+WRITES_RIDE_ALONG = "petition_writes_ride_along"
+
+
+def let_writes_ride_along(_conn: Any, cursor: Any, _statement: str, parameters: Any, context: Any,
+                          executemany: bool) -> None:
+    """The engine's ``before_cursor_execute`` listener that applies :data:`WRITES_RIDE_ALONG`."""
+    if context is None or not context.execution_options.get(WRITES_RIDE_ALONG):
+        return
+    compiled = context.compiled
+    if (isinstance(cursor, OneTripCursor) and (context.isinsert or context.isupdate) and compiled is not None
+            and not compiled.effective_returning and not compiled.postfetch_lastrowid
+            and _one_row_each(compiled.statement)):
+        cursor.ride_along(len(parameters) if executemany else 1)
+
+
+def _one_row_each(statement: Any) -> bool:
+    """Whether a write changes one row per parameter set when it succeeds, as far
+    as its form tells: not an upsert (ON CONFLICT may change none) and not an
+    INSERT from a SELECT."""
+    return getattr(statement, "_post_values_clause", None) is None and getattr(statement, "select", None) is None
+
 
 class _Write(NamedTuple):
     """A write riding along with the next trip, and the row count it promised."""

@@ -15,8 +15,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import WRITES_RIDE_ALONG, create_engine
-from storage.onetrip import OneTripConnection
+from storage.db import create_engine
+from storage.onetrip import WRITES_RIDE_ALONG, OneTripConnection
 
 
 @pytest.fixture
