@@ -64,8 +64,8 @@ def _values(row: Base, case: Case | None) -> dict[str, Any]:
 
 @event.listens_for(Session, "before_commit")
 def _write(session: Session) -> None:
-    # Plain INSERTs: in a polling batch (storage.onetrip.WRITES_RIDE_ALONG) those that
-    # need no new id back ride along with the commit's trip on SQLite.
+    # Plain INSERTs: in a polling batch (storage.onetrip.WRITES_RIDE_ALONG) all but
+    # the cases' (their ids are read back) ride along with the commit's trip on SQLite.
     pending: list[tuple[Base, Case | None]] | None = session.info.pop(_KEY, None)
     if not pending:
         return
@@ -76,7 +76,9 @@ def _write(session: Session) -> None:
             by_table[row.__table__].append(_values(row, case))  # type: ignore[index]
     for table, rows in by_table.items():
         for same in _same_columns(table, rows):
-            session.execute(table.insert(), same)
+            # inline(): no new id is read back (nothing here needs one), so even a
+            # single row's INSERT can ride along with the commit's trip.
+            session.execute(table.insert().inline(), same)
 
 
 def _write_cases(session: Session, cases: list[Case]) -> None:

@@ -258,6 +258,25 @@ async def test_rows_kept_for_the_commit_are_forgotten_when_the_transaction_rolls
     assert after == before
 
 
+async def test_a_confirm_on_sqlite_sends_its_timeline_clock_and_card_with_the_commit(app: App) -> None:
+    engine = app.sessionmaker.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("trips to aiosqlite's thread are SQLite's")
+    dbapi = engine.sync_engine.dialect.loaded_dbapi
+    citizen = app.sim.citizen()
+    await to_summary(citizen)
+    before = dbapi.trips
+
+    await process_batch(app.sim.dp, app.sim.bot, [citizen.press_update(ZH["confirm"])])
+
+    # The citizen's row (with the BEGIN), the petitioner's earlier cases, the
+    # case (its id is read back), and the commit with everything else.
+    assert dbapi.trips - before == 4
+    [(case, timeline, clocks, outbox)] = await _written(app)
+    assert (timeline, clocks, outbox) == (["consented", "submitted"], ["route"], ["card"])
+    assert case.tracking_number in citizen.last_text
+
+
 # -- one count of what goes to Telegram -------------------------------------------------------
 
 
