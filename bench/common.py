@@ -17,8 +17,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,33 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
         "max_ms": (values[-1] * 1000) if values else math.nan,
         "mean_ms": (sum(values) / len(values) * 1000) if values else math.nan,
     }
+
+
+@contextmanager
+def sqlite_commit_times() -> Iterator[list[float]]:
+    """Wall time of every commit's trip in aiosqlite's thread while inside: the
+    writes riding along, the WAL write and its fsync (``synchronous=FULL``).
+    It shows how much of an update's latency the disk takes, which moves a
+    lot on a shared host. Measured by wrapping the adapter's commit function
+    for the run (nothing in the product times itself); a commit with nothing
+    riding along (rare in a batch) is not seen."""
+    from storage import onetrip
+
+    times: list[float] = []
+    commit = onetrip._commit
+
+    def timed(connection: Any, ahead: Any) -> None:
+        started = time.perf_counter()
+        try:
+            commit(connection, ahead)
+        finally:
+            times.append(time.perf_counter() - started)
+
+    onetrip._commit = timed  # type: ignore[assignment]
+    try:
+        yield times
+    finally:
+        onetrip._commit = commit  # type: ignore[assignment]
 
 
 def rss_bytes() -> int:

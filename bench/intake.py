@@ -15,7 +15,15 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bench.ceiling import build_ceiling
-from bench.common import ERRORS, BenchTelegram, build_bot, round_trips, scratch_database, summary_ms
+from bench.common import (
+    ERRORS,
+    BenchTelegram,
+    build_bot,
+    round_trips,
+    scratch_database,
+    sqlite_commit_times,
+    summary_ms,
+)
 from bench.feeder import FeedResult, Ids, Person, run_closed_loop, run_paced
 from bench.scripts import Receipts, ceiling_dialog, filing
 from storage.models import Case, OutboxMessage, ProcessedUpdate
@@ -56,8 +64,9 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
             errors_before = ERRORS.count
             receipts = Receipts()
             scripts = [filing(Person(ids, FIRST_CITIZEN + i), app.telegram, receipts) for i in range(citizens)]
-            result = (await run_paced(app.dp, app.bot, scripts, pace) if pace
-                      else await run_closed_loop(app.dp, app.bot, scripts))
+            with sqlite_commit_times() as commits:
+                result = (await run_paced(app.dp, app.bot, scripts, pace) if pace
+                          else await run_closed_loop(app.dp, app.bot, scripts))
             delta = app.stats.since(before_db)
             calls = app.telegram.total - before_calls
 
@@ -77,6 +86,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 "db": {**delta, "statements_per_update": delta["statements"] / n,
                        "round_trips_per_update": round_trips(delta, backend) / n},
                 "bot_api_calls_per_update": calls / n,
+                "sqlite_commit_trip": summary_ms(commits) if commits else None,
                 "errors": ERRORS.count - errors_before, "first_error": ERRORS.first,
                 "check": {
                     "receipts_ok": len(receipts.ok), "receipts_failed": len(receipts.failed),

@@ -86,6 +86,14 @@ def _results(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [r["result"] for r in report["results"] if r["spec"]["kind"] == kind and "result" in r]
 
 
+def _commit_trip(r: dict[str, Any]) -> str:
+    """The SQLite commit's trip (its riding writes, the WAL write, the fsync): p50 / p99 / max ms."""
+    trip = r.get("sqlite_commit_trip")
+    if not trip:
+        return "–"
+    return f"{trip['p50_ms']:.2f} / {trip['p99_ms']:.1f} / {trip['max_ms']:.0f}"
+
+
 def _paced(report: dict[str, Any]) -> list[str]:
     """Table 1b: the same dialog at a person's pace (think time between replies and answers)."""
     runs = [r for kind in ("ceiling", "intake") for r in _results(report, kind) if r.get("pace")]
@@ -99,6 +107,7 @@ def _paced(report: dict[str, Any]) -> list[str]:
                      r["updates"] / r["batches"] if r["batches"] else math.nan,
                      r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["max_ms"],
                      f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}" if confirm else "–",
+                     _commit_trip(r),
                      "–" if r["backend"] == "ceiling" else
                      f"{r['errors']}" + ("" if r["check"]["receipts_failed"] == 0
                                          else f", {r['check']['receipts_failed']} filings unfinished")])
@@ -106,7 +115,7 @@ def _paced(report: dict[str, Any]) -> list[str]:
               f"{r['check']['processed_updates_in_db']} update ids committed" for r in runs if "check" in r]
     return ["#### 1b. Intake at a person's pace (latency from the update's arrival at Telegram)\n",
             _table(["citizens", "think time", "bot", "updates/s", "updates / batch", "p50 ms", "p99 ms",
-                    "max ms", "confirm p50 / p99 ms", "failed updates"], rows),
+                    "max ms", "confirm p50 / p99 ms", "commit trip p50 / p99 / max ms", "failed updates"], rows),
             "\nConsistency: " + "; ".join(checks) + ".\n" if checks else ""]
 
 
@@ -141,7 +150,7 @@ def render(report: dict[str, Any]) -> str:
         c = ceilings.get(n)
         if c:
             rows.append([n, "ceiling: bare aiogram + MemoryStorage", c["updates_per_s"], "1.00",
-                         c["latency"]["p50_ms"], c["latency"]["p99_ms"], c["latency"]["max_ms"], "–",
+                         c["latency"]["p50_ms"], c["latency"]["p99_ms"], c["latency"]["max_ms"], "–", "–",
                          "0", "0", c["bot_api_calls_per_update"], "–"])
         for r in [r for r in intake if r["citizens"] == n]:
             ratio = r["updates_per_s"] / c["updates_per_s"] if c else math.nan
@@ -153,15 +162,15 @@ def render(report: dict[str, Any]) -> str:
             confirm = r["by_label"].get("confirm", {})
             rows.append([n, f"**{name}**", r["updates_per_s"], f"{ratio:.3f}", r["latency"]["p50_ms"],
                          r["latency"]["p99_ms"], r["latency"]["max_ms"],
-                         f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}",
+                         f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}", _commit_trip(r),
                          f"{r['db']['statements_per_update']:.2f}", f"{r['db']['round_trips_per_update']:.2f}",
                          r["bot_api_calls_per_update"],
                          f"{r['errors']}" + ("" if r["check"]["receipts_failed"] == 0
                                              else f", {r['check']['receipts_failed']} filings unfinished")])
     out.append("#### 1. Intake throughput (full filing dialog, 20 updates per citizen)\n")
     out.append(_table(["citizens", "bot", "updates/s", "× ceiling", "p50 ms", "p99 ms", "max ms",
-                       "confirm p50 / p99 ms", "SQL statements / update", "DB round trips / update",
-                       "Bot API calls / update", "failed updates"], rows))
+                       "confirm p50 / p99 ms", "commit trip p50 / p99 / max ms", "SQL statements / update",
+                       "DB round trips / update", "Bot API calls / update", "failed updates"], rows))
     checks = [f"{r['backend']}×{r['citizens']}: {r['check']['cases_in_db']} cases, "
               f"{r['check']['processed_updates_in_db']} update ids committed" for r in intake if not r.get("variant")]
     out.append("\nConsistency: " + "; ".join(checks) + ".\n")
