@@ -548,8 +548,12 @@ class UpdatePipeline(BaseMiddleware):
                 log.info("a batch of %d updates holds updates already processed (a replay after a "
                          "restart); redoing them one by one", len(updates))
             else:
-                log.exception("a batch of %d updates failed as one transaction; redoing them one by one",
-                              len(updates))
+                # The redo below logs the traceback of each update that fails again;
+                # here only what went wrong (the traceback at DEBUG, for a failure
+                # of the batch itself that does not come back).
+                log.warning("a batch of %d updates failed as one transaction (%s: %s); redoing them "
+                            "one by one", len(updates), type(exc).__name__, exc)
+                log.debug("the batch's failure", exc_info=True)
             admitted = group.admitted if group is not None else {}
             if group is not None:
                 self.sent |= group.marking

@@ -197,6 +197,23 @@ async def test_an_update_that_fails_in_a_batch_costs_only_itself(
     assert bad.texts_since(bad_mark) == [t("zh", "retry_later")]
 
 
+async def test_an_update_that_fails_alone_in_its_batch_is_told_once_with_its_traceback(
+        app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    bad = app.sim.citizen(user_id=3003)
+    await to_title(bad)
+    _fails_for(monkeypatch, bad)
+    mark = len(bad.received)
+
+    with caplog.at_level(logging.DEBUG, logger="bot"):
+        await process_batch(app.sim.dp, app.sim.bot, [bad.message_update(text="拖欠工资")])
+
+    assert bad.texts_since(mark) == [t("zh", "retry_later")]
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
+    assert len(tracebacks) == 1 and "a bug in one handler" in str(tracebacks[0].exc_info[1])
+    [batch] = [r for r in caplog.records if "as one transaction" in r.getMessage()]
+    assert batch.levelno == logging.WARNING and "a bug in one handler" in batch.getMessage()
+
+
 async def _written(app: App) -> list[tuple[Case, list[str], list[str], list[str]]]:
     """Each case with its timeline, its clocks and its outbox rows, as stored."""
     async with app.sessionmaker() as session:
