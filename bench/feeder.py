@@ -38,7 +38,7 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,8 +126,10 @@ async def run_closed_loop(dp: Dispatcher, bot: Bot, scripts: list[Script], *,
     done: list[tuple[int, float]] = []  # (update id, seconds since the batch was handed over)
     while ready:
         batch: list[tuple[Script, Step]] = []
-        while ready and len(batch) < poll_limit:
-            batch.extend(_take([ready.popleft()]))
+        while ready and len(batch) < poll_limit:  # each update made now that polling takes it
+            script = ready.popleft()
+            if (step := next(script, None)) is not None:
+                batch.append((script, step))
         if not batch:
             break
         owners = {step.update.update_id: (script, step) for script, step in batch}
@@ -150,19 +152,6 @@ async def run_closed_loop(dp: Dispatcher, bot: Bot, scripts: list[Script], *,
     return result
 
 
-def _take(scripts: Iterable[Script]) -> list[tuple[Script, Step]]:
-    """The next update of each script, made only now that polling takes it (a
-    script that has ended has none). Until then nothing of it exists: waiting
-    updates are Telegram's, and thousands of them alive in this process
-    would burden the garbage collector the bot shares with the driver."""
-    batch = []
-    for script in scripts:
-        step = next(script, None)
-        if step is not None:
-            batch.append((script, step))
-    return batch
-
-
 async def run_paced(dp: Dispatcher, bot: Bot, scripts: list[Script], think: tuple[float, float], *,
                     poll_limit: int = POLL_LIMIT, seed: int = 7) -> FeedResult:
     """Run every script to its end at a person's pace (see the module docstring).
@@ -183,17 +172,17 @@ async def run_paced(dp: Dispatcher, bot: Bot, scripts: list[Script], think: tupl
         due: list[tuple[float, int, Script]] = []
         while pending and pending[0][0] <= now and len(due) < poll_limit:
             due.append(heapq.heappop(pending))
-        arrived_at = {id(script): arrived for arrived, _, script in due}
-        batch = _take(script for _, _, script in due)
+        # Each update made now that polling takes it; a script that has ended has none.
+        batch = [(arrived, script, step) for arrived, _, script in due if (step := next(script, None)) is not None]
         if not batch:
             continue
-        owners = {step.update.update_id: (arrived_at[id(script)], script, step) for script, step in batch}
+        owners = {step.update.update_id: (arrived, script, step) for arrived, script, step in batch}
         done.clear()
 
         def finished(update_id: int) -> None:
             done[update_id] = time.perf_counter()
 
-        await process_batch(dp, bot, [step.update for _, step in batch], done=finished)
+        await process_batch(dp, bot, [step.update for _, _, step in batch], done=finished)
         result.batches += 1
         for update_id, at in done.items():
             arrived, script, step = owners.pop(update_id)
