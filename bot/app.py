@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -142,16 +143,29 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def freeze_startup_objects() -> None:
-    """Take what start-up made (modules, schemas, catalogs, the bureau's
-    configuration) out of the garbage collector's sight.
+#: How long the event loop's thread may keep the GIL while another thread
+#: waits for it (CPython's default is 5 ms). The bot's threads — aiosqlite's
+#: connection, the query-code maker (``handoff.codes``) — each need the GIL
+#: back for a moment after every call that let go of it; with the default, a
+#: busy loop made each such moment wait up to 5 ms: a query code (~3 ms of
+#: Argon2id) took ~8–13 ms to make, a surge of filings outran the maker, and
+#: confirms made their own code inside their batch (BENCHMARKS finding 27).
+GIL_SWITCH_INTERVAL = 0.001
 
-    Those objects live as long as the process, yet every full collection
-    walks them all: measured here, one took ~150 ms, during which every update
-    in flight waits. Frozen, a full collection walks only what came after.
+
+def settle_process() -> None:
+    """Once start-up is over, before serving: what every way of running the bot does.
+
+    * Take what start-up made (modules, schemas, catalogs, the bureau's
+      configuration) out of the garbage collector's sight. Those objects live
+      as long as the process, yet every full collection walks them all:
+      measured here, one took ~150 ms, during which every update in flight
+      waits. Frozen, a full collection walks only what came after.
+    * Hand the GIL to a waiting thread sooner (:data:`GIL_SWITCH_INTERVAL`).
     """
     gc.collect()
     gc.freeze()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 @asynccontextmanager
@@ -159,8 +173,8 @@ async def background_work(dp: Dispatcher, sessionmaker: async_sessionmaker[Async
                           stop: asyncio.Event) -> AsyncIterator[None]:
     """The outbox worker and the maintenance tick while the bot runs. On the way
     out they stop, and which replies went out is written, so none is sent again.
-    Start-up is over by then: its objects are frozen (:func:`freeze_startup_objects`)."""
-    freeze_startup_objects()
+    Start-up is over by then (:func:`settle_process`)."""
+    settle_process()
     tasks = [asyncio.create_task(create_outbox_worker(dp, sessionmaker, bot).run(stop)),
              asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
     try:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
 from pathlib import Path
 
+from bot.app import GIL_SWITCH_INTERVAL, settle_process
 from bot.callbacks import IntakeButton
 from tests.fake_bot_api import TOKEN, FakeBotAPI
 
 CITIZEN = 8801
 
+
+def test_serving_freezes_start_up_objects_and_hands_the_gil_over_sooner() -> None:
+    # What polling and the webhook do once start-up is over (bot.app.background_work).
+    before = sys.getswitchinterval()
+    try:
+        settle_process()
+        assert gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL < before
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(before)
 
 
 class BotProcess:
