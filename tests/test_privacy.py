@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -99,6 +100,20 @@ def test_a_value_not_base64_too_short_or_from_a_newer_version_is_refused() -> No
         with pytest.raises(crypto.DataKeyError):
             crypto.CIPHER.decrypt(stored)
     assert crypto.CIPHER.decrypt("plain, written before encryption") == "plain, written before encryption"
+
+
+def test_a_document_reads_back_whoever_wrote_it() -> None:
+    column = crypto.EncryptedJSON()
+    document: dict[Any, Any] = {"answers": {"title": "工资 \"拖欠\"\n三个月", "attachments": 2}, "page": 0,
+                                "gone": None, "big": 2**70}
+    for written in (document, {**document, 7: "a key that is not text"}):
+        stored = column.process_bind_param(written, None)
+        assert stored is not None and "工资" not in stored
+        assert column.process_result_value(stored, None) == {str(k): v for k, v in written.items()}
+    # Written by the json module before orjson, spaces and all.
+    older = crypto.CIPHER.encrypt('{"answers": {"title": "标题"}, "page": 18446744073709551617}')
+    assert column.process_result_value(older, None) == {"answers": {"title": "标题"}, "page": 2**64 + 1}
+    assert column.process_bind_param({}, None) == "{}" and column.process_result_value("{}", None) == {}
 
 
 async def test_rotation_re_writes_replies_still_waiting_to_be_sent(app: App) -> None:
