@@ -50,26 +50,34 @@ from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, list[Any], int, int | None]
 
-#: An execution option: on a connection that has it, INSERTs and UPDATEs that
-#: return nothing (no RETURNING, no new row id) ride along with its next trip,
-#: the commit's at the latest, each promised to change one row per parameter
-#: set (checked when it runs; upserts and INSERTs from a SELECT never ride). Set
-#: it only where that holds and nothing needs their effect before the next
-#: statement: an ORM flush (whose UPDATEs are by primary key, and which checks
-#: the same counts) and the rows ``storage.later`` writes at the commit (plain
-#: INSERTs). On other drivers it does nothing.
+#: An execution option: on a connection (or a statement) that has it, INSERTs
+#: and UPDATEs that return nothing (no RETURNING, no new row id) ride along with
+#: the connection's next trip, the commit's at the latest. With ``True`` each is
+#: promised to change one row per parameter set (checked when it runs; upserts
+#: and INSERTs from a SELECT never ride): set it only where that holds and
+#: nothing needs their effect before the next statement, as for an ORM flush
+#: (whose UPDATEs are by primary key, and which checks the same counts) and the
+#: rows ``storage.later`` writes at the commit (plain INSERTs). With
+#: :data:`ANY_ROWS` nothing is promised or checked: for a write that may find
+#: fewer rows than it names, e.g. the delivery marks. On other drivers it does nothing.
 WRITES_RIDE_ALONG = "petition_writes_ride_along"
+#: The value of :data:`WRITES_RIDE_ALONG` for writes whose row counts do not matter.
+ANY_ROWS = "any rows"
 
 
 def let_writes_ride_along(_conn: Any, cursor: Any, _statement: str, parameters: Any, context: Any,
                           executemany: bool) -> None:
     """The engine's ``before_cursor_execute`` listener that applies :data:`WRITES_RIDE_ALONG`."""
-    if context is None or not context.execution_options.get(WRITES_RIDE_ALONG):
+    ride = None if context is None else context.execution_options.get(WRITES_RIDE_ALONG)
+    if not ride:
         return
     compiled = context.compiled
-    if (isinstance(cursor, OneTripCursor) and (context.isinsert or context.isupdate) and compiled is not None
-            and not compiled.effective_returning and not compiled.postfetch_lastrowid
-            and _one_row_each(compiled.statement)):
+    if not (isinstance(cursor, OneTripCursor) and (context.isinsert or context.isupdate) and compiled is not None
+            and not compiled.effective_returning and not compiled.postfetch_lastrowid):
+        return
+    if ride == ANY_ROWS:
+        cursor.ride_along(None)
+    elif _one_row_each(compiled.statement):
         cursor.ride_along(len(parameters) if executemany else 1)
 
 

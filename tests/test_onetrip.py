@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, Text, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, Table, Text, bindparam, insert, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.db import create_engine
-from storage.onetrip import WRITES_RIDE_ALONG, OneTripConnection
+from storage.onetrip import ANY_ROWS, WRITES_RIDE_ALONG, OneTripConnection
 
 
 @pytest.fixture
@@ -142,6 +142,19 @@ async def test_a_write_riding_along_that_fails_fails_the_commit_and_undoes_the_t
         assert (await conn.execute(select(_T.c.id, _T.c.n))).all() == [(1, 1)]
     async with engine.begin() as conn:  # and the connection is fine afterwards
         await conn.execute(update(_T).where(_T.c.id == 1).values(n=8))
+
+
+async def test_a_write_riding_along_for_any_rows_promises_and_checks_no_count(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(_T), [{"id": 1, "name": "a", "n": 1}])
+    before = _trips(engine)
+    stmt = update(_T).where(_T.c.id == bindparam("key")).values(n=5).execution_options(
+        **{WRITES_RIDE_ALONG: ANY_ROWS})
+    async with engine.begin() as conn:
+        await conn.execute(stmt, [{"key": 1}, {"key": 99}])  # no row 99: one row changed, not two
+    assert _trips(engine) - before == 1, "the write and the commit: one trip"
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(_T.c.id, _T.c.n))).all() == [(1, 5)]
 
 
 async def test_what_needs_an_answer_never_rides_along(engine: AsyncEngine) -> None:
