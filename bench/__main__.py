@@ -42,7 +42,8 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
         tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
     sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 50_000]
     tasks.extend({"kind": "status", "backend": b, "sizes": sizes, "per_kind": 150 if full else 15,
-                  "concurrent": 300 if full else 60, "filings": 5 if full else 2} for b in backends)
+                  "concurrent": 300 if full else 60, "filings": 5 if full else 2,
+                  "rounds": 6 if full else 4} for b in backends)
     tasks.append({"kind": "burst", "backend": "sqlite", "burst": "group", "count": 1000 if full else 40,
                   "factor": 20.0, "citizens": 10 if full else 3})
     tasks.append({"kind": "burst", "backend": "sqlite", "burst": "private", "count": 1000 if full else 60,

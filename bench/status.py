@@ -12,6 +12,14 @@ each size:
 * a few complete filings through the dialog, since submitting looks for the
   same petitioner's earlier cases in this table.
 
+The target compares the median at 10⁶ with the median at 10⁴, and grown in
+place the two are measured minutes apart (the fill of 10⁶ rows takes ~1.5
+minutes): on a shared host the machine's drift between them is larger than
+what the table's size changes. So at the end the largest table is also
+measured **side by side** with a second database kept at the smallest size
+(filled the same way, its own bot on the same data key), in rounds that
+alternate which goes first, and the medians of all rounds are compared.
+
 Rate limits: failed lookups are limited per account (default 10 an hour). The
 lookups come from a pool of accounts that have each sent /start, **and** the
 benchmark's settings raise ``status_max_failures_per_user`` to 10⁹ so the
@@ -26,12 +34,13 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import handoff.followup as followup_module
 from bench.common import ERRORS, BotUnderTest, build_bot, round_trips, scratch_database, summary_ms
 from bench.feeder import Ids, Person, Step, run_closed_loop
-from bench.fill import KNOWN_CODE, make_filler, tracking_numbers
+from bench.fill import KNOWN_CODE, Filler, make_filler, tracking_numbers
 from bench.scripts import Receipts, filing, one_message
 
 log = logging.getLogger(__name__)
@@ -76,7 +85,7 @@ def lookup_script(persons: list[Person], targets: list[tuple[str, bool]], app: B
 
 
 async def measure_lookups(app: BotUnderTest, persons: list[Person], existing: list[str], missing: list[str],
-                          concurrency: int) -> dict[str, Any]:
+                          concurrency: int, keep: list[float] | None = None) -> dict[str, Any]:
     targets = [(n, True) for n in existing] + [(n, False) for n in missing]
     random.Random(len(targets)).shuffle(targets)
     check = LookupCheck()
@@ -88,6 +97,8 @@ async def measure_lookups(app: BotUnderTest, persons: list[Person], existing: li
         scripts = [lookup_script([persons[i]], targets[i::concurrency], app, check) for i in range(concurrency)]
     result = await run_closed_loop(app.dp, app.bot, scripts)
     delta = app.stats.since(before)
+    if keep is not None:
+        keep.extend(result.latencies)
     return {
         "concurrency": concurrency,
         "lookups": result.updates,
@@ -126,10 +137,18 @@ async def measure_filings(app: BotUnderTest, ids: Ids, first_user: int, count: i
     }
 
 
-async def run_status(backend: str, sizes: list[int], per_kind: int, concurrent_lookups: int, pg_url: str,
-                     filings: int = 5) -> dict[str, Any]:
-    async with scratch_database(backend, pg_url) as url:
-        app = await build_bot(url, status_max_failures_per_user=10**9)
+@dataclass
+class Table:
+    """A bot on its own database of cloned cases, with its accounts."""
+
+    app: BotUnderTest
+    ids: Ids
+    filler: Filler
+    persons: list[Person]
+
+    @classmethod
+    async def open(cls, url: str, **settings: Any) -> Table:
+        app = await build_bot(url, status_max_failures_per_user=10**9, **settings)
         try:
             ids = Ids(app.bot)
             # The template: one real filing through the dialog.
@@ -141,32 +160,86 @@ async def run_status(backend: str, sizes: list[int], per_kind: int, concurrent_l
             # Accounts that will look up: each sends /start once (untimed).
             persons = [Person(ids, FIRST_ACCOUNT + i) for i in range(ACCOUNTS)]
             await run_closed_loop(app.dp, app.bot, [one_message(p, "/start") for p in persons])
-
-            rng = random.Random(7)
-            levels = []
-            next_filer = FIRST_FILER
-            for size in sizes:
-                started = time.perf_counter()
-                await filler.grow_to(size)
-                fill_seconds = time.perf_counter() - started
-                # Existing numbers spread over the whole table; missing ones fresh and valid.
-                existing = rng.sample(filler.numbers, per_kind)
-                missing_gen = tracking_numbers(filler.prefix, rng, filler.taken)
-                missing = [next(missing_gen) for _ in range(per_kind)]
-                sequential = await measure_lookups(app, persons, existing, missing, 1)
-                existing_c = rng.sample(filler.numbers, concurrent_lookups // 2)
-                missing_c = [next(missing_gen) for _ in range(concurrent_lookups // 2)]
-                concurrent = await measure_lookups(app, persons, existing_c, missing_c, ACCOUNTS)
-                with hash_stubbed():
-                    existing_d = rng.sample(filler.numbers, per_kind)
-                    missing_d = [next(missing_gen) for _ in range(per_kind)]
-                    diagnostic = await measure_lookups(app, persons, existing_d, missing_d, 1)
-                filed = await measure_filings(app, ids, next_filer, filings)
-                next_filer += filings
-                levels.append({"cases": size, "fill_seconds": fill_seconds, "sequential": sequential,
-                               "concurrent": concurrent, "no_scrypt": diagnostic, "filing": filed})
-                log.warning("status %s %s: p50 %.1f ms", backend, size, sequential["all"]["p50_ms"])
-            return {"backend": backend, "levels": levels, "accounts": ACCOUNTS,
-                    "rate_limit": "status_max_failures_per_user=10**9; per-number limit default (5/h)"}
-        finally:
+        except BaseException:
             await app.close()
+            raise
+        return cls(app, ids, filler, persons)
+
+    async def lookups(self, rng: random.Random, per_kind: int, concurrency: int = 1,
+                      keep: list[float] | None = None) -> dict[str, Any]:
+        """``per_kind`` existing numbers (spread over the whole table) and as
+        many fresh, valid missing ones; ``keep`` gets each lookup's latency."""
+        existing = rng.sample(self.filler.numbers, per_kind)
+        missing_gen = tracking_numbers(self.filler.prefix, rng, self.filler.taken)
+        missing = [next(missing_gen) for _ in range(per_kind)]
+        return await measure_lookups(self.app, self.persons, existing, missing, concurrency, keep)
+
+
+async def side_by_side(small: Table, large: Table, rng: random.Random, per_kind: int,
+                       rounds: int) -> dict[str, Any]:
+    """The two tables' lookups in alternating rounds, with the hash and without:
+    the medians of all rounds, so the machine's drift falls on both alike."""
+    latencies: dict[tuple[str, bool], list[float]] = {(side, stub): [] for side in ("small", "large")
+                                                       for stub in (False, True)}
+    per_round: list[dict[str, float]] = []
+    wrong = errors = 0
+    for n in range(rounds):
+        order = [("small", small), ("large", large)]
+        if n % 2:
+            order.reverse()
+        medians: dict[str, float] = {}
+        for side, table in order:
+            for stub in (False, True):
+                with hash_stubbed() if stub else contextlib.nullcontext():
+                    measured = await table.lookups(rng, per_kind, keep=latencies[(side, stub)])
+                wrong += measured["wrong_answers"]
+                errors += measured["errors"]
+                medians[f"{side}{' no hash' if stub else ''}"] = measured["all"]["p50_ms"]
+        per_round.append(medians)
+
+    def median(side: str, stub: bool) -> float:
+        return summary_ms(latencies[(side, stub)])["p50_ms"]
+
+    return {
+        "small_cases": small.filler.count, "large_cases": large.filler.count, "rounds": rounds,
+        "lookups_per_round": 2 * per_kind,
+        "small": summary_ms(latencies[("small", False)]), "large": summary_ms(latencies[("large", False)]),
+        "ratio": median("large", False) / median("small", False),
+        "ratio_no_hash": median("large", True) / median("small", True),
+        "round_ratios": [r["large"] / r["small"] for r in per_round],
+        "wrong_answers": wrong, "errors": errors,
+    }
+
+
+async def run_status(backend: str, sizes: list[int], per_kind: int, concurrent_lookups: int, pg_url: str,
+                     filings: int = 5, rounds: int = 6) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        main = await Table.open(await stack.enter_async_context(scratch_database(backend, pg_url)))
+        stack.push_async_callback(main.app.close)
+        app, filler = main.app, main.filler
+        rng = random.Random(7)
+        levels = []
+        next_filer = FIRST_FILER
+        for size in sizes:
+            started = time.perf_counter()
+            await filler.grow_to(size)
+            fill_seconds = time.perf_counter() - started
+            # Existing numbers spread over the whole table; missing ones fresh and valid.
+            sequential = await main.lookups(rng, per_kind)
+            concurrent = await main.lookups(rng, concurrent_lookups // 2, concurrency=ACCOUNTS)
+            with hash_stubbed():
+                diagnostic = await main.lookups(rng, per_kind)
+            filed = await measure_filings(app, main.ids, next_filer, filings)
+            next_filer += filings
+            levels.append({"cases": size, "fill_seconds": fill_seconds, "sequential": sequential,
+                           "concurrent": concurrent, "no_scrypt": diagnostic, "filing": filed})
+            log.warning("status %s %s: p50 %.1f ms", backend, size, sequential["all"]["p50_ms"])
+        compared = None
+        if rounds and len(sizes) > 1:
+            small = await Table.open(await stack.enter_async_context(scratch_database(backend, pg_url)),
+                                     data_keys=app.settings.data_keys)
+            stack.push_async_callback(small.app.close)
+            await small.filler.grow_to(sizes[0])
+            compared = await side_by_side(small, main, rng, max(5, per_kind // 3), rounds)
+        return {"backend": backend, "levels": levels, "accounts": ACCOUNTS, "side_by_side": compared,
+                "rate_limit": "status_max_failures_per_user=10**9; per-number limit default (5/h)"}

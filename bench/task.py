@@ -35,7 +35,7 @@ async def run(spec: dict[str, Any]) -> Any:
         from bench.status import run_status
 
         return await run_status(spec["backend"], spec["sizes"], spec["per_kind"], spec["concurrent"], pg_url,
-                                spec.get("filings", 5))
+                                spec.get("filings", 5), spec.get("rounds", 6))
     if kind == "burst":
         from bench.burst import run_burst
 
