@@ -83,7 +83,21 @@ def _ok(flag: bool | None) -> str:
 
 
 def _results(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [r["result"] for r in report["results"] if r["spec"]["kind"] == kind and "result" in r]
+    """The results of one kind of benchmark, each with ``run``: its round (0, 1, …)
+    where the same task is repeated, interleaved with its ceiling."""
+    return [{**r["result"], "run": r["spec"].get("run", 0)} for r in report["results"]
+            if r["spec"]["kind"] == kind and "result" in r]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return (ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2) if ordered \
+        else math.nan
+
+
+def _runs_label(n: int, r: dict[str, Any], runs: int) -> str:
+    return f"{n:,} · run {r['run'] + 1}" if runs > 1 else f"{n:,}"
 
 
 def _commit_trip(r: dict[str, Any]) -> str:
@@ -100,10 +114,12 @@ def _paced(report: dict[str, Any]) -> list[str]:
     if not runs:
         return []
     rows = []
-    for r in sorted(runs, key=lambda r: (r["citizens"], r["backend"] != "ceiling")):
+    repeated = max(r["run"] for r in runs) + 1
+    for r in sorted(runs, key=lambda r: (r["citizens"], r["backend"] != "ceiling", r["run"])):
         confirm = r["by_label"].get("confirm", {})
         name = "ceiling: bare aiogram + MemoryStorage" if r["backend"] == "ceiling" else f"**{r['backend']}**"
-        rows.append([r["citizens"], f"{r['pace'][0]:g}–{r['pace'][1]:g} s", name, r["updates_per_s"],
+        rows.append([_runs_label(r["citizens"], r, repeated), f"{r['pace'][0]:g}–{r['pace'][1]:g} s", name,
+                     r["updates_per_s"],
                      r["updates"] / r["batches"] if r["batches"] else math.nan,
                      r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["max_ms"],
                      f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}" if confirm else "–",
@@ -113,10 +129,16 @@ def _paced(report: dict[str, Any]) -> list[str]:
                                          else f", {r['check']['receipts_failed']} filings unfinished")])
     checks = [f"{r['backend']}×{r['citizens']}: {r['check']['cases_in_db']} cases, "
               f"{r['check']['processed_updates_in_db']} update ids committed" for r in runs if "check" in r]
+    p99s = [r["latency"]["p99_ms"] for r in sorted(runs, key=lambda r: r["run"])
+            if r["backend"] == "sqlite" and r["citizens"] >= 1000]
+    verdict = (f"Target p99 ≤ 10 ms at 1,000 citizens, at a person's pace: "
+               f"{' / '.join(f'{p:.1f}' for p in p99s)} ms in {len(p99s)} run{'s' if len(p99s) > 1 else ''}, "
+               f"{_ok(_median(p99s) <= 10)} by the median ({_median(p99s):.1f} ms), met in "
+               f"{sum(p <= 10 for p in p99s)} of {len(p99s)}.\n") if p99s else ""
     return ["#### 1b. Intake at a person's pace (latency from the update's arrival at Telegram)\n",
             _table(["citizens", "think time", "bot", "updates/s", "updates / batch", "p50 ms", "p99 ms",
                     "max ms", "confirm p50 / p99 ms", "commit trip p50 / p99 / max ms", "failed updates"], rows),
-            "\nConsistency: " + "; ".join(checks) + ".\n" if checks else ""]
+            "\nConsistency: " + "; ".join(checks) + ".\n" if checks else "", verdict]
 
 
 def render(report: dict[str, Any]) -> str:
@@ -142,31 +164,35 @@ def render(report: dict[str, Any]) -> str:
 
     # 1. intake ---------------------------------------------------------------------------
     intake = [r for r in _results(report, "intake") if not r.get("pace")]
-    ceilings = {r["citizens"]: r for r in _results(report, "ceiling") if not r.get("pace")}
+    ceilings = {(r["citizens"], r["run"]): r for r in _results(report, "ceiling") if not r.get("pace")}
+    repeated = max([r["run"] for r in intake] + [run for _, run in ceilings], default=0) + 1
     rows: list[list[Any]] = []
-    verdict_ratio: list[tuple[int, float]] = []
-    verdict_p99: bool | None = None
-    for n in sorted({r["citizens"] for r in intake} | set(ceilings)):
-        c = ceilings.get(n)
-        if c:
-            rows.append([n, "ceiling: bare aiogram + MemoryStorage", c["updates_per_s"], "1.00",
+    #: Per size: the SQLite bot's ratio to its own run's ceiling, and its p99, run by run.
+    verdict_ratio: dict[int, list[float]] = {}
+    p99_saturated: list[float] = []
+    for n, run in sorted({(r["citizens"], r["run"]) for r in intake} | set(ceilings)):
+        label = _runs_label(n, {"run": run}, repeated)
+        c = ceilings.get((n, run)) or ceilings.get((n, 0))
+        if c is not None and (n, run) in ceilings:
+            rows.append([label, "ceiling: bare aiogram + MemoryStorage", c["updates_per_s"], "1.00",
                          c["latency"]["p50_ms"], c["latency"]["p99_ms"], c["latency"]["max_ms"], "–", "–",
                          "0", "0", c["bot_api_calls_per_update"], "–"])
-        for r in [r for r in intake if r["citizens"] == n]:
+        for r in [r for r in intake if r["citizens"] == n and r["run"] == run]:
             ratio = r["updates_per_s"] / c["updates_per_s"] if c else math.nan
             name = r["backend"] + (f" (what-if: {r['variant']})" if r.get("variant") else "")
             if r["backend"] == "sqlite" and not r.get("variant") and c:
-                verdict_ratio.append((n, ratio))
+                verdict_ratio.setdefault(n, []).append(ratio)
                 if n == 1000:
-                    verdict_p99 = r["latency"]["p99_ms"] <= 10
+                    p99_saturated.append(r["latency"]["p99_ms"])
             confirm = r["by_label"].get("confirm", {})
-            rows.append([n, f"**{name}**", r["updates_per_s"], f"{ratio:.3f}", r["latency"]["p50_ms"],
+            rows.append([label, f"**{name}**", r["updates_per_s"], f"{ratio:.3f}", r["latency"]["p50_ms"],
                          r["latency"]["p99_ms"], r["latency"]["max_ms"],
                          f"{_f(confirm.get('p50_ms'))} / {_f(confirm.get('p99_ms'))}", _commit_trip(r),
                          f"{r['db']['statements_per_update']:.2f}", f"{r['db']['round_trips_per_update']:.2f}",
                          r["bot_api_calls_per_update"],
                          f"{r['errors']}" + ("" if r["check"]["receipts_failed"] == 0
                                              else f", {r['check']['receipts_failed']} filings unfinished")])
+    verdict_p99 = _median(p99_saturated) <= 10 if p99_saturated else None
     out.append("#### 1. Intake throughput (full filing dialog, 20 updates per citizen)\n")
     out.append(_table(["citizens", "bot", "updates/s", "× ceiling", "p50 ms", "p99 ms", "max ms",
                        "confirm p50 / p99 ms", "commit trip p50 / p99 / max ms", "SQL statements / update",
@@ -174,11 +200,14 @@ def render(report: dict[str, Any]) -> str:
     checks = [f"{r['backend']}×{r['citizens']}: {r['check']['cases_in_db']} cases, "
               f"{r['check']['processed_updates_in_db']} update ids committed" for r in intake if not r.get("variant")]
     out.append("\nConsistency: " + "; ".join(checks) + ".\n")
-    by_size = ", ".join(f"{n:,} citizen{'s' if n > 1 else ''} {_ok(ratio >= 0.5)} ({ratio:.2f} ×)"
-                        for n, ratio in verdict_ratio)
-    out.append(f"Target ≥ 0.5 × ceiling on SQLite: {by_size or _ok(None)}. "
-               f"Target p99 ≤ 10 ms at 1,000 citizens: {_ok(verdict_p99)} saturated (the ceiling's own p99 "
-               f"is in the table).\n")
+    by_size = ", ".join(
+        f"{n:,} citizen{'s' if n > 1 else ''} {_ok(_median(ratios) >= 0.5)} ({_median(ratios):.2f} ×"
+        + (f", the median of {len(ratios)} runs: {' / '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ")")
+        for n, ratios in sorted(verdict_ratio.items()))
+    saturated = " / ".join(f"{p:.0f}" for p in p99_saturated)
+    out.append(f"Target ≥ 0.5 × ceiling on SQLite (each run against the ceiling run next to it): "
+               f"{by_size or _ok(None)}. Target p99 ≤ 10 ms at 1,000 citizens: {_ok(verdict_p99)} saturated"
+               f"{f' ({saturated} ms)' if saturated else ''}; the ceiling's own p99 is in the table.\n")
     out.extend(_paced(report))
 
     # 2. status -----------------------------------------------------------------------------
