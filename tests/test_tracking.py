@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import threading
 
 import pytest
 
+import handoff.codes as codes_module
 from dialogs.errors import InputError
 from dialogs.tracking import (
     ALPHABET,
@@ -234,3 +237,33 @@ async def test_filings_begun_without_end_make_at_most_the_limit_of_codes() -> No
     await _until_ready(codes, 3)
     await asyncio.sleep(0.05)
     assert len(codes) == 3
+
+
+def _makers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "query-codes"]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="a per-thread idle class is Linux's")
+async def test_codes_are_made_only_on_cpu_time_nothing_else_wants() -> None:
+    """A hash at normal priority took a core from the commit a citizen waits for."""
+    codes = QueryCodes()
+    codes.expect()
+    await _until_ready(codes, 1)
+    makers = [t.native_id for t in _makers() if t.native_id is not None]
+    assert makers and all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in makers)
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
+
+
+async def test_the_maker_ends_when_idle_and_a_new_filing_starts_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codes_module, "IDLE_SECONDS", 0.05)
+    codes = QueryCodes()
+    codes.expect()
+    await _until_ready(codes, 1)
+    maker = codes._maker
+    assert maker is not None
+    await asyncio.to_thread(maker.join, 5)
+    assert not maker.is_alive() and codes._maker is None
+    codes.expect()
+    await _until_ready(codes, 2)
+    code, stored = await codes.take()
+    assert verify_query_code(code, stored)
