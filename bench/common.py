@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -89,6 +90,33 @@ def sqlite_commit_times() -> Iterator[list[float]]:
         yield times
     finally:
         onetrip._commit = commit  # type: ignore[assignment]
+
+
+def durable_commit_floor(commits: int = 300) -> dict[str, float]:
+    """The least one durably committed step costs on this disk: a bare
+    ``sqlite3`` commit of one small row (WAL, ``synchronous=FULL`` as the
+    product's default, ``BEGIN IMMEDIATE``), in the calling thread, without
+    aiosqlite, SQLAlchemy or aiogram. One citizen alone commits every update on
+    its own, so it can go no faster than this (BENCHMARKS.md, verdict)."""
+    directory = tempfile.mkdtemp(prefix="petition-bench-floor-", dir=os.environ.get("PETITION_BENCH_TMP"))
+    try:
+        db = sqlite3.connect(os.path.join(directory, "floor.db"), isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE step (body BLOB)")
+            times: list[float] = []
+            for _ in range(commits):
+                started = time.perf_counter()
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT INTO step VALUES (randomblob(200))")
+                db.execute("COMMIT")
+                times.append(time.perf_counter() - started)
+        finally:
+            db.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return summary_ms(times)
 
 
 def rss_bytes() -> int:

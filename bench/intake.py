@@ -19,6 +19,7 @@ from bench.common import (
     ERRORS,
     BenchTelegram,
     build_bot,
+    durable_commit_floor,
     round_trips,
     scratch_database,
     sqlite_commit_times,
@@ -75,6 +76,8 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 processed = await session.scalar(select(func.count()).select_from(ProcessedUpdate))
                 outbox = await session.scalar(select(func.count()).select_from(OutboxMessage))
             n = result.updates
+            # One citizen commits every update alone: the disk's own floor, measured beside it.
+            floor = durable_commit_floor() if backend == "sqlite" and citizens == 1 and not pace else None
             return {
                 "backend": backend,
                 "variant": variant,
@@ -87,6 +90,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                        "round_trips_per_update": round_trips(delta, backend) / n},
                 "bot_api_calls_per_update": calls / n,
                 "sqlite_commit_trip": summary_ms(commits) if commits else None,
+                "durable_commit_floor": floor,
                 "errors": ERRORS.count - errors_before, "first_error": ERRORS.first,
                 "check": {
                     "receipts_ok": len(receipts.ok), "receipts_failed": len(receipts.failed),

@@ -204,6 +204,15 @@ def render(report: dict[str, Any]) -> str:
         f"{n:,} citizen{'s' if n > 1 else ''} {_ok(_median(ratios) >= 0.5)} ({_median(ratios):.2f} ×"
         + (f", the median of {len(ratios)} runs: {' / '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ")")
         for n, ratios in sorted(verdict_ratio.items()))
+    floors = [r["durable_commit_floor"]["p50_ms"] for r in intake
+              if r["citizens"] == 1 and r["backend"] == "sqlite" and r.get("durable_commit_floor")]
+    ceiling_one = [c["updates_per_s"] for (n, _), c in ceilings.items() if n == 1]
+    if floors and ceiling_one:
+        budget = 1000 / (0.5 * _median(ceiling_one))  # ms an update may take at 0.5 × the ceiling
+        out.append(f"One citizen commits every update on its own. A bare `sqlite3` commit of one row on this "
+                   f"disk (WAL, synchronous=FULL, no aiosqlite, SQLAlchemy or aiogram) takes "
+                   f"{_median(floors):.2f} ms (p50); 0.5 × the ceiling leaves {budget:.2f} ms for a whole "
+                   f"update, so the commit alone is {_median(floors) / budget:.0%} of it.\n")
     saturated = " / ".join(f"{p:.0f}" for p in p99_saturated)
     out.append(f"Target ≥ 0.5 × ceiling on SQLite (each run against the ceiling run next to it): "
                f"{by_size or _ok(None)}. Target p99 ≤ 10 ms at 1,000 citizens: {_ok(verdict_p99)} saturated"
