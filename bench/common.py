@@ -98,14 +98,13 @@ def durable_commit_floor(commits: int = 300) -> dict[str, float]:
     product's default, ``BEGIN IMMEDIATE``), in the calling thread, without
     aiosqlite, SQLAlchemy or aiogram. One citizen alone commits every update on
     its own, so it can go no faster than this (BENCHMARKS.md, verdict)."""
-    directory = tempfile.mkdtemp(prefix="petition-bench-floor-", dir=os.environ.get("PETITION_BENCH_TMP"))
-    try:
+    times: list[float] = []
+    with scratch_directory() as directory:
         db = sqlite3.connect(os.path.join(directory, "floor.db"), isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("CREATE TABLE step (body BLOB)")
-            times: list[float] = []
             for _ in range(commits):
                 started = time.perf_counter()
                 db.execute("BEGIN IMMEDIATE")
@@ -114,8 +113,6 @@ def durable_commit_floor(commits: int = 300) -> dict[str, float]:
                 times.append(time.perf_counter() - started)
         finally:
             db.close()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     return summary_ms(times)
 
 
@@ -148,15 +145,22 @@ for _name in ("bot", "handoff"):
 # -- databases ------------------------------------------------------------------------------
 
 
+@contextmanager
+def scratch_directory() -> Iterator[str]:
+    """A fresh temporary directory (under ``PETITION_BENCH_TMP`` if set), removed afterwards."""
+    directory = tempfile.mkdtemp(prefix="petition-bench-", dir=os.environ.get("PETITION_BENCH_TMP"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @asynccontextmanager
 async def scratch_database(backend: str, pg_url: str = DEFAULT_PG_URL) -> AsyncIterator[str]:
     """A fresh, empty database URL for one benchmark, removed afterwards."""
     if backend == "sqlite":
-        directory = tempfile.mkdtemp(prefix="petition-bench-", dir=os.environ.get("PETITION_BENCH_TMP"))
-        try:
+        with scratch_directory() as directory:
             yield f"sqlite+aiosqlite:///{directory}/bench.db"
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
         return
     name = f"petition_bench_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
