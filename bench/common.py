@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import bot.app as app_module
-from bot.app import create_bot, create_dispatcher, settle_process
+from bot.app import create_bot, create_dispatcher, ready_to_serve
 from bot.settings import Settings
 from bot.simulator import FakeTelegram
 from dialogs.bureau import BureauConfig, load_bureau_config
@@ -343,7 +343,7 @@ async def build_bot(url: str, *, telegram: BenchTelegram | None = None, migrate_
     dp = create_dispatcher(settings, sessionmaker, bureau)
     telegram = telegram or BenchTelegram(track_chats=True)
     bot = create_bot(TOKEN, session=telegram)
-    settle_process()  # as polling and webhook do when they start
+    await ready_to_serve(sessionmaker)  # as polling and webhook do when they start
     return BotUnderTest(url, "sqlite" if url.startswith("sqlite") else "postgresql", engine, sessionmaker,
                         settings, bureau, dp, bot, telegram, stats)
 

@@ -44,6 +44,7 @@ from handoff.relay import RelayService
 from handoff.staff import StaffService
 from storage import crypto
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
+from storage.repositories import CaseRepository
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +169,23 @@ def settle_process() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
+async def ready_to_serve(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """The last step of start-up, before the first update: compile ahead the
+    statements whose first compile is long enough to hold up a batch
+    (``CaseRepository.compile_ahead``), then :func:`settle_process`, so what
+    they leave behind is frozen with the rest of start-up."""
+    async with sessionmaker() as session, session.begin():
+        await CaseRepository(session).compile_ahead()
+    settle_process()
+
+
 @asynccontextmanager
 async def background_work(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession], bot: Bot,
                           stop: asyncio.Event) -> AsyncIterator[None]:
     """The outbox worker and the maintenance tick while the bot runs. On the way
     out they stop, and which replies went out is written, so none is sent again.
-    Start-up is over by then (:func:`settle_process`)."""
-    settle_process()
+    Start-up is over by then (:func:`ready_to_serve`)."""
+    await ready_to_serve(sessionmaker)
     tasks = [asyncio.create_task(create_outbox_worker(dp, sessionmaker, bot).run(stop)),
              asyncio.create_task(create_maintenance(dp, sessionmaker, bot=bot).run(stop))]
     try:

@@ -4,28 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from bot.app import GIL_SWITCH_INTERVAL, settle_process
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.app import GIL_SWITCH_INTERVAL, ready_to_serve
 from bot.callbacks import IntakeButton
+from storage.repositories import CaseRepository, PetitionerQuery
 from tests.fake_bot_api import TOKEN, FakeBotAPI
 
 CITIZEN = 8801
 
 
-def test_serving_freezes_start_up_objects_and_hands_the_gil_over_sooner() -> None:
+async def test_serving_compiles_ahead_freezes_start_up_objects_and_hands_the_gil_over_sooner(
+        sessionmaker: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture) -> None:
     # What polling and the webhook do once start-up is over (bot.app.background_work).
     before = sys.getswitchinterval()
     try:
-        settle_process()
+        await ready_to_serve(sessionmaker)
         assert gc.get_freeze_count() > 0
         assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL < before
     finally:
         gc.unfreeze()
         sys.setswitchinterval(before)
+    # The first batch that confirms two filings finds its petitioner query compiled.
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine.Engine")
+    filings = [PetitionerQuery(user, phone, None, "labor", "dongcheng", f"DG-TEST-000{user}")
+               for user, phone in ((11, "13800138000"), (12, "13900139000"))]
+    async with sessionmaker() as session, session.begin():
+        found = await CaseRepository(session).petitioners(filings)
+    assert [p.filed_before for p in found] == [False, False]
+    messages = [r.getMessage() for r in caplog.records if r.name == "sqlalchemy.engine.Engine"]
+    union = next(i for i, m in enumerate(messages) if "UNION ALL" in m)
+    assert messages[union + 1].startswith("[cached since"), messages[union + 1][:80]
 
 
 class BotProcess:
