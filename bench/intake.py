@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 
 FIRST_CITIZEN = 100_000
 
+#: A commit trip longer than the p99 target holds every update of its batch,
+#: and those arriving meanwhile, past the target by itself: a stall of the disk.
+STALL_S = 0.010
+
+
+def _stalls(commits: list[float], seconds: float) -> dict[str, float]:
+    """Commit trips longer than :data:`STALL_S`, and the share of the run's time
+    they took. Updates arrive at random at a person's pace, so about that share
+    of them arrived while the bot waited for such a commit."""
+    stalled = [c for c in commits if c > STALL_S]
+    return {"over_ms": STALL_S * 1000, "count": len(stalled), "total_ms": sum(stalled) * 1000,
+            "share_of_run": sum(stalled) / seconds if seconds else 0.0}
+
 
 def _feed_metrics(result: FeedResult) -> dict[str, Any]:
     return {
@@ -90,6 +103,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                        "round_trips_per_update": round_trips(delta, backend) / n},
                 "bot_api_calls_per_update": calls / n,
                 "sqlite_commit_trip": summary_ms(commits) if commits else None,
+                "sqlite_commit_stalls": _stalls(commits, result.seconds) if commits else None,
                 "durable_commit_floor": floor,
                 "errors": ERRORS.count - errors_before, "first_error": ERRORS.first,
                 "check": {
