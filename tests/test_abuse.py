@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 
 from bot.middlewares import FloodGate, KeyedLocks
+from bot.polling import process_batch
+from storage.models import CitizenSession
 from tests.conftest import STAFF_CHAT, App, make_app
+from tests.flows import ZH
 from tests.test_handoff_e2e import ADMIN, CLERK
 
 
@@ -89,6 +92,22 @@ async def test_an_admin_bans_and_unbans_a_citizen(app: App) -> None:
     assert "解除" in undone
     [answer] = await citizen.send("/new")
     assert "隐私说明" in answer
+
+
+async def test_a_ban_and_the_citizens_own_answer_in_one_polling_batch_both_hold(app: App) -> None:
+    """One transaction for the batch: the admin's ban and the answer the citizen
+    gave in the same batch change one row, and neither change is lost."""
+    citizen = app.sim.citizen(4321)
+    await citizen.send("/new")
+    admin = app.sim.staff(ADMIN, STAFF_CHAT)
+    await process_batch(app.sim.dp, app.sim.bot, [citizen.press_update(ZH["accept"]),
+                                                  admin.message_update(text="/ban 4321 发送辱骂内容")])
+    async with app.sessionmaker() as session:
+        row = await session.get(CitizenSession, 4321)
+    assert row is not None and row.banned
+    assert row.state == "matter_class" and row.data["answers"]["consent"]
+    [answer] = await citizen.send("/new")
+    assert "限制使用本服务" in answer
 
 
 async def test_only_admins_ban(app: App) -> None:
