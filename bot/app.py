@@ -21,6 +21,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats, LinkPreviewOptions
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.middlewares import Clock, FloodGate, UpdatePipeline
@@ -173,9 +174,14 @@ async def ready_to_serve(sessionmaker: async_sessionmaker[AsyncSession]) -> None
     """The last step of start-up, before the first update: compile ahead the
     statements whose first compile is long enough to hold up a batch
     (``CaseRepository.compile_ahead``), then :func:`settle_process`, so what
-    they leave behind is frozen with the rest of start-up."""
-    async with sessionmaker() as session, session.begin():
-        await CaseRepository(session).compile_ahead()
+    they leave behind is frozen with the rest of start-up. A database that is
+    away at this moment does not stop the bot: the first batch that needs a
+    statement compiles it, as it would have."""
+    try:
+        async with sessionmaker() as session, session.begin():
+            await CaseRepository(session).compile_ahead()
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("could not compile the petitioner query ahead (%s); the first filings will", exc)
     settle_process()
 
 

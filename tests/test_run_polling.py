@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.app import GIL_SWITCH_INTERVAL, ready_to_serve
 from bot.callbacks import IntakeButton
+from storage.db import create_engine, create_sessionmaker
 from storage.repositories import CaseRepository, PetitionerQuery
 from tests.fake_bot_api import TOKEN, FakeBotAPI
 
@@ -42,6 +43,20 @@ async def test_serving_compiles_ahead_freezes_start_up_objects_and_hands_the_gil
     messages = [r.getMessage() for r in caplog.records if r.name == "sqlalchemy.engine.Engine"]
     union = next(i for i, m in enumerate(messages) if "UNION ALL" in m)
     assert messages[union + 1].startswith("[cached since"), messages[union + 1][:80]
+
+
+async def test_serving_starts_even_when_the_database_is_away_at_that_moment(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'p.db'}")
+    before = sys.getswitchinterval()
+    try:
+        await ready_to_serve(create_sessionmaker(engine))
+        assert gc.get_freeze_count() > 0, "start-up went on"
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(before)
+        await engine.dispose()
+    assert "could not compile the petitioner query ahead" in caplog.text
 
 
 class BotProcess:
