@@ -273,7 +273,7 @@ class CaseRepository:
         paid by the first batch that confirms two filings at once, and with
         group commit by every update of that batch and those queued behind it.
         Done at start-up, before the first update (``bot.app.ready_to_serve``)."""
-        for size in (1, 2):  # two queries are padded to the chunk's shape
+        for size in (1, _CHUNK):
             await self.petitioners([_NOBODY] * size)
 
     async def _petitioners(self, queries: Sequence[PetitionerQuery], limit: int) -> list[Petitioner]:

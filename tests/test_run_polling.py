@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,17 +24,24 @@ from tests.fake_bot_api import TOKEN, FakeBotAPI
 CITIZEN = 8801
 
 
-async def test_serving_compiles_ahead_freezes_start_up_objects_and_hands_the_gil_over_sooner(
-        sessionmaker: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture) -> None:
-    # What polling and the webhook do once start-up is over (bot.app.background_work).
+@contextmanager
+def _settling() -> Iterator[float]:
+    """Undo, for the rest of the suite, what settling the process does (yields the switch interval before it)."""
     before = sys.getswitchinterval()
     try:
-        await ready_to_serve(sessionmaker)
-        assert gc.get_freeze_count() > 0
-        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL < before
+        yield before
     finally:
         gc.unfreeze()
         sys.setswitchinterval(before)
+
+
+async def test_serving_compiles_ahead_freezes_start_up_objects_and_hands_the_gil_over_sooner(
+        sessionmaker: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture) -> None:
+    # What polling and the webhook do once start-up is over (bot.app.background_work).
+    with _settling() as before:
+        await ready_to_serve(sessionmaker)
+        assert gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL < before
     # The first batch that confirms two filings finds its petitioner query compiled.
     caplog.set_level(logging.INFO, logger="sqlalchemy.engine.Engine")
     filings = [PetitionerQuery(user, phone, None, "labor", "dongcheng", f"DG-TEST-000{user}")
@@ -48,13 +57,11 @@ async def test_serving_compiles_ahead_freezes_start_up_objects_and_hands_the_gil
 async def test_serving_starts_even_when_the_database_is_away_at_that_moment(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'p.db'}")
-    before = sys.getswitchinterval()
     try:
-        await ready_to_serve(create_sessionmaker(engine))
-        assert gc.get_freeze_count() > 0, "start-up went on"
+        with _settling():
+            await ready_to_serve(create_sessionmaker(engine))
+            assert gc.get_freeze_count() > 0, "start-up went on"
     finally:
-        gc.unfreeze()
-        sys.setswitchinterval(before)
         await engine.dispose()
     assert "could not compile the petitioner query ahead" in caplog.text
 
