@@ -45,7 +45,7 @@ from handoff.relay import RelayService
 from handoff.staff import StaffService
 from storage import crypto
 from storage.db import create_engine, create_sessionmaker, is_sqlite, migrate
-from storage.repositories import CaseRepository
+from storage.repositories import CaseRepository, citizen_cache
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
     )
     flood = FloodGate(settings.flood_limit, settings.flood_window_seconds)
     pipeline = UpdatePipeline(sessionmaker, clock, settings.default_locale, wakeup, flood, prefetch=intake.prefetch,
-                              lane=filing_lane)
+                              lane=filing_lane, citizen_cache=citizen_cache(sessionmaker, settings.citizen_cache_size))
     dp.update.outer_middleware(pipeline)
     dp["pipeline"] = pipeline  # polling hands it whole batches (group commit)
     if pacer is not None:

@@ -60,6 +60,7 @@ from handoff.pacer import Pacer
 from storage.models import CitizenSession
 from storage.onetrip import WRITES_RIDE_ALONG
 from storage.repositories import (
+    CitizenCache,
     citizen_session,
     citizen_sessions,
     claim_unsent,
@@ -343,8 +344,10 @@ class Group:
     """Several updates in one transaction (group commit): one commit, one fsync,
     for a whole polling batch; their replies go out after it."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, cache: CitizenCache | None = None) -> None:
         self.session = session
+        #: Citizens' rows as the last batches committed them (SQLite).
+        self.cache = cache
         #: (update id, what it sends), in processing order.
         self.replies: list[tuple[int, Responder]] = []
         #: Flood-gate decisions, so that redoing the batch does not count twice.
@@ -361,8 +364,8 @@ class Group:
         self.citizens: dict[int, CitizenSession] = {}
 
     async def begin(self, updates: Sequence[Update], prefetch: Prefetch | None = None) -> None:
-        """Read the batch's citizens in one query; then ``prefetch`` reads what
-        the handlers will need for them (one more query).
+        """Read the batch's citizens in one query, those not in the cache; then
+        ``prefetch`` reads what the handlers will need for them (one more query).
 
         Every update is taken as new: the statement that records them at the
         end (:meth:`finish`) fails if one was already recorded, which rolls the
@@ -376,7 +379,7 @@ class Group:
             _, user_id, chat_type, _ = _chat_and_user(update)
             if chat_type == "private" and user_id is not None:
                 people.add(user_id)
-        self.citizens = await citizen_sessions(self.session, people, lock=True)
+        self.citizens = await citizen_sessions(self.session, people, lock=True, cache=self.cache)
         if prefetch is not None:
             await prefetch(self.session, list(self.citizens.values()))
 
@@ -430,8 +433,11 @@ async def feed_each(dispatcher: Dispatcher, bot: Bot, updates: Sequence[Update],
 class UpdatePipeline(BaseMiddleware):
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], clock: Clock,
                  default_locale: str, wakeup: Wakeup | None = None, flood: FloodGate | None = None,
-                 prefetch: Prefetch | None = None, lane: Lane | None = None) -> None:
+                 prefetch: Prefetch | None = None, lane: Lane | None = None,
+                 citizen_cache: CitizenCache | None = None) -> None:
         self.sessionmaker = sessionmaker
+        #: Citizens' rows kept between polling batches (``storage.repositories.citizen_cache``).
+        self.citizen_cache = citizen_cache
         self.prefetch = prefetch
         #: Asked before aiogram's routing (``bot.routers.citizen.filing_lane``).
         self.lane = lane
@@ -498,10 +504,14 @@ class UpdatePipeline(BaseMiddleware):
                               language: str | None) -> Any:
         now = self.clock()
         async with self.sessionmaker() as session:
-            async with session.begin():
-                data["_marking"] = await self._mark_sent(session)
-                result = await self._handle(session, handler, event, data, responder, now,
-                                            chat_id, user_id, chat_type, language)
+            try:
+                async with session.begin():
+                    data["_marking"] = await self._mark_sent(session)
+                    result = await self._handle(session, handler, event, data, responder, now,
+                                                chat_id, user_id, chat_type, language)
+            finally:
+                if self.citizen_cache is not None:  # this path reads and writes rows without the cache
+                    self.citizen_cache.forget(session)
             self._wake(session)
             return result
 
@@ -535,15 +545,19 @@ class UpdatePipeline(BaseMiddleware):
         try:
             async with self.sessionmaker() as session:
                 async with session.begin():
-                    group = Group(session)
+                    group = Group(session, self.citizen_cache)
                     group.marking = await self._mark_sent(session, force=len(updates) > 1)
                     await group.begin(updates, self.prefetch)
                     routing = _routing_after(dispatcher, self)
                     for update in updates:
                         await self._feed(dispatcher, bot, update, group, routing)
                     await group.finish(self.clock())
+                if self.citizen_cache is not None:
+                    self.citizen_cache.keep(session, group.citizens.values())
                 self._wake(session)
         except Exception as exc:
+            if self.citizen_cache is not None:  # a row changed elsewhere may not be the only one
+                self.citizen_cache.clear()
             if isinstance(exc, IntegrityError) and await self._replayed(updates):
                 log.info("a batch of %d updates holds updates already processed (a replay after a "
                          "restart); redoing them one by one", len(updates))

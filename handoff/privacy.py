@@ -10,7 +10,7 @@ when it happened.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,6 +49,8 @@ async def rotate_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
                 for row in rows:
                     for column in columns:
                         flag_modified(row, column)
+                    if isinstance(row, CitizenSession):  # every write of the row sets it (CitizenCache)
+                        row.updated_at = datetime.now(UTC)
                     if isinstance(row, Case) and row.anonymised_at is None:
                         row.phone_hash, row.id_hash = lookup_hash(row.phone), lookup_hash(row.id_number)
                 rewritten += len(rows)

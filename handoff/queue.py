@@ -122,7 +122,7 @@ class QueueService:
             row = CitizenSession(user_id=user_id, chat_id=user_id, locale=self.locale, state=None, data={},
                                  awaiting=None, extra={}, banned=banned, updated_at=now)
             session.add(row)
-        row.banned = banned
+        row.banned, row.updated_at = banned, now  # every write of the row sets updated_at (CitizenCache)
         log.warning("user %s %s by admin %s%s", user_id, "banned" if banned else "unbanned", admin_id,
                     f": {words[1]}" if banned and len(words) > 1 else "")
         return str(t(self.locale, "staff.ban.done" if banned else "staff.ban.undone", user=user_id))

@@ -4,15 +4,31 @@
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from difflib import SequenceMatcher
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, and_, bindparam, case, delete, exists, literal, null, or_, select, union_all, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    event,
+    exists,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import object_session
 
 from storage.crypto import lookup_hash
 from storage.later import insert_at_commit
@@ -46,6 +62,16 @@ _CITIZEN_LOCKED = _CITIZEN.with_for_update()
 _CITIZENS = (select(CitizenSession).where(CitizenSession.user_id.in_(bindparam("ids", expanding=True)))
              .order_by(CitizenSession.user_id))
 _CITIZENS_LOCKED = _CITIZENS.with_for_update()
+_CITIZENS_TABLE: Table = CitizenSession.__table__  # type: ignore[assignment]
+#: A cached row is still as this process committed it: every write of a
+#: citizen's row sets ``updated_at``, so this changes one row per cached row
+#: only if none was written elsewhere (nor deleted) since. It rides along with
+#: the transaction's next trip and is counted there (storage.onetrip): a row
+#: that changed fails the transaction before anything in it is committed.
+_UNCHANGED = (update(_CITIZENS_TABLE)
+              .where(_CITIZENS_TABLE.c.user_id == bindparam("uid"), _CITIZENS_TABLE.c.updated_at == bindparam("at"))
+              .values(updated_at=_CITIZENS_TABLE.c.updated_at)
+              .execution_options(**{WRITES_RIDE_ALONG: True}))
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -133,14 +159,110 @@ async def citizen_session(session: AsyncSession, user_id: int, *, lock: bool) ->
     return (await session.execute(stmt, {"user_id": user_id})).scalar_one_or_none()
 
 
-async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *,
-                           lock: bool) -> dict[int, CitizenSession]:
-    """:func:`citizen_session` for a batch, in one query (rows locked in id order)."""
+class StaleCitizen(Exception):
+    """A cached citizen's row was changed or deleted by someone else."""
+
+
+class CitizenCache:
+    """Citizens' rows as this process last committed them, so that a polling
+    batch need not read them again: reading the rows was a trip to the
+    database's thread and an ORM load with two decryptions per update, about a
+    quarter of a one-update batch (docs/BENCHMARKS.md, finding 34).
+
+    A row is taken out while a transaction uses it and put back only after that
+    transaction committed (:meth:`keep`), so a rollback never leaves behind what
+    it undid. Each row taken is checked, in the same transaction, to be
+    unchanged in the database (:data:`_UNCHANGED`), so a write made elsewhere
+    (another process, another path of this one) costs a redo, never a lost
+    change. Least recently used rows go first past ``size``.
+
+    For SQLite through ``storage.db``'s engine only (:func:`citizen_cache`),
+    where that check makes no trip of its own."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rows: OrderedDict[int, CitizenSession] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def take(self, user_ids: Iterable[int]) -> dict[int, CitizenSession]:
+        """Those of these citizens' rows that are cached, no longer cached."""
+        rows = self._rows
+        return {user_id: rows.pop(user_id) for user_id in user_ids if user_id in rows}
+
+    def keep(self, session: AsyncSession, rows: Iterable[CitizenSession]) -> None:
+        """After ``session`` committed: ``rows`` (a batch's citizens) and every
+        citizen's row it wrote, as committed."""
+        kept = self._rows
+        for row in (*_written(session), *rows):
+            kept[row.user_id] = row
+            kept.move_to_end(row.user_id)
+        while len(kept) > self.size:
+            kept.popitem(last=False)
+
+    def forget(self, session: AsyncSession) -> None:
+        """Every citizen's row ``session`` read or wrote: this path did not use the cache."""
+        for row in _written(session):
+            self._rows.pop(row.user_id, None)
+        for key in list(session.identity_map.keys()):  # keys: a rolled-back row's attributes are gone
+            if key[0] is CitizenSession:
+                self._rows.pop(key[1][0], None)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+#: ``Session.info`` key: the citizens' rows a session wrote (``_note_written``).
+_WRITTEN = "citizens_written"
+
+
+@event.listens_for(CitizenSession, "after_insert")
+@event.listens_for(CitizenSession, "after_update")
+def _note_written(_mapper: Any, _connection: Any, row: CitizenSession) -> None:
+    """Remember each citizen's row a session writes: the identity map holds a
+    row only while something else does, so a row written and let go (an
+    admin's ban of a citizen who is not in the batch) would be missed there."""
+    session = object_session(row)
+    if session is not None:
+        session.info.setdefault(_WRITTEN, []).append(row)
+
+
+def _written(session: AsyncSession) -> list[CitizenSession]:
+    written: list[CitizenSession] = session.info.pop(_WRITTEN, [])
+    return written
+
+
+def citizen_cache(sessionmaker: async_sessionmaker[AsyncSession], size: int) -> CitizenCache | None:
+    """A cache of ``size`` rows where it is safe and free: SQLite, whose check
+    rides along; None for PostgreSQL (where several workers share the rows and
+    each read also takes the row's lock) or a size of 0."""
+    bind = sessionmaker.kw.get("bind")
+    return CitizenCache(size) if size > 0 and bind is not None and bind.dialect.name == "sqlite" else None
+
+
+async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *, lock: bool,
+                           cache: CitizenCache | None = None) -> dict[int, CitizenSession]:
+    """:func:`citizen_session` for a batch, in one query (rows locked in id order);
+    with ``cache`` (SQLite only), the rows it holds are taken from it instead,
+    checked in this transaction (see :class:`CitizenCache`)."""
     ids = sorted(set(user_ids))
     if not ids:
         return {}
+    found = cache.take(ids) if cache is not None and _dialect(session) == "sqlite" else {}
+    if found:
+        for row in found.values():
+            session.add(row)
+        checked = await session.execute(_UNCHANGED, [{"uid": r.user_id, "at": r.updated_at} for r in found.values()])
+        # Riding along, the count is the one promised and checked at the trip; else the real one.
+        if checked.rowcount != len(found):  # type: ignore[attr-defined]
+            raise StaleCitizen(f"{len(found) - checked.rowcount} cached citizens' rows changed")  # type: ignore[attr-defined]
+        ids = [i for i in ids if i not in found]
+        if not ids:
+            return found
     stmt = _CITIZENS_LOCKED if lock and _dialect(session) == "postgresql" else _CITIZENS
-    return {row.user_id: row for row in (await session.scalars(stmt, {"ids": ids})).all()}
+    found.update((row.user_id, row) for row in (await session.scalars(stmt, {"ids": ids})).all())
+    return found
 
 
 #: Petitioners asked for in one statement at most (CaseRepository.petitioners).
