@@ -6,7 +6,8 @@ For every update, in order:
    waits for it, so no per-chat structure outlives its updates);
 2. open one session and transaction; record the update id — if it was already
    recorded, the update is a redelivery and nothing else happens;
-3. load (or create) the citizen's row and pick the locale;
+3. load (or create) the citizen's row and pick the locale (on SQLite a polling
+   batch takes the rows kept since the batches before: ``CitizenCache``);
 4. run the handler, which only computes and stages replies;
 5. commit; then send the staged replies and answer the callback query.
 A failure rolls everything back and the citizen is asked to send again: the

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     #: Counted per process: several webhook workers share it, so divide it among them.
     telegram_messages_per_second: int = Field(default=30, ge=1)
     #: Citizens' rows kept in memory between polling batches (SQLite only; 0: none),
-    #: the most recently active first. A row is a few kilobytes.
+    #: the least recently active dropped first. A row is about a kilobyte, more with a filing in progress.
     citizen_cache_size: int = Field(default=2000, ge=0)
 
     @field_validator("admin_ids", mode="before")

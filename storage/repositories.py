@@ -166,8 +166,9 @@ class StaleCitizen(Exception):
 class CitizenCache:
     """Citizens' rows as this process last committed them, so that a polling
     batch need not read them again: reading the rows was a trip to the
-    database's thread and an ORM load with two decryptions per update, about a
-    quarter of a one-update batch (docs/BENCHMARKS.md, finding 34).
+    database's thread and an ORM load with two decryptions per update, a tenth
+    of the event loop's work for one citizen alone (docs/BENCHMARKS.md,
+    finding 34).
 
     A row is taken out while a transaction uses it and put back only after that
     transaction committed (:meth:`keep`), so a rollback never leaves behind what
