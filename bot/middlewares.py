@@ -345,10 +345,8 @@ class Group:
     """Several updates in one transaction (group commit): one commit, one fsync,
     for a whole polling batch; their replies go out after it."""
 
-    def __init__(self, session: AsyncSession, cache: CitizenCache | None = None) -> None:
+    def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        #: Citizens' rows as the last batches committed them (SQLite).
-        self.cache = cache
         #: (update id, what it sends), in processing order.
         self.replies: list[tuple[int, Responder]] = []
         #: Flood-gate decisions, so that redoing the batch does not count twice.
@@ -364,8 +362,9 @@ class Group:
         #: The batch's citizens, read (and locked) in one query.
         self.citizens: dict[int, CitizenSession] = {}
 
-    async def begin(self, updates: Sequence[Update], prefetch: Prefetch | None = None) -> None:
-        """Read the batch's citizens in one query, those not in the cache; then
+    async def begin(self, updates: Sequence[Update], prefetch: Prefetch | None = None,
+                    cache: CitizenCache | None = None) -> None:
+        """Read the batch's citizens in one query, those not in ``cache``; then
         ``prefetch`` reads what the handlers will need for them (one more query).
 
         Every update is taken as new: the statement that records them at the
@@ -380,7 +379,7 @@ class Group:
             _, user_id, chat_type, _ = _chat_and_user(update)
             if chat_type == "private" and user_id is not None:
                 people.add(user_id)
-        self.citizens = await citizen_sessions(self.session, people, lock=True, cache=self.cache)
+        self.citizens = await citizen_sessions(self.session, people, lock=True, cache=cache)
         if prefetch is not None:
             await prefetch(self.session, list(self.citizens.values()))
 
@@ -546,9 +545,9 @@ class UpdatePipeline(BaseMiddleware):
         try:
             async with self.sessionmaker() as session:
                 async with session.begin():
-                    group = Group(session, self.citizen_cache)
+                    group = Group(session)
                     group.marking = await self._mark_sent(session, force=len(updates) > 1)
-                    await group.begin(updates, self.prefetch)
+                    await group.begin(updates, self.prefetch, self.citizen_cache)
                     routing = _routing_after(dispatcher, self)
                     for update in updates:
                         await self._feed(dispatcher, bot, update, group, routing)

@@ -204,6 +204,8 @@ class CitizenCache:
 
     def forget(self, session: AsyncSession) -> None:
         """Every citizen's row ``session`` read or wrote: this path did not use the cache."""
+        if not self._rows:  # nothing to forget (a webhook worker never fills it)
+            return
         for row in _written(session):
             self._rows.pop(row.user_id, None)
         for key in list(session.identity_map.keys()):  # keys: a rolled-back row's attributes are gone

@@ -4,8 +4,10 @@ PETITION_TEST_DATABASE_URL is set), and the real dispatcher on a fake Bot API.""
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -145,6 +147,20 @@ class App:
         """A new dispatcher, bot and fake API on the same database (a process restart)."""
         return make_app(self.settings, self.sessionmaker, self.bureau, self.clock,
                         first_update_id=self.sim.next_update_id())
+
+
+@contextmanager
+def sqlite_write_lock(database_url: str) -> Iterator[None]:
+    """Another writer holding the SQLite database's write lock until the block ends."""
+    path = make_url(database_url).database
+    assert path
+    locker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        yield
+        locker.execute("ROLLBACK")
+    finally:
+        locker.close()
 
 
 def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,

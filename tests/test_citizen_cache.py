@@ -3,13 +3,11 @@ what the citizen sees stays what the database holds, whoever else wrote it."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.app import create_dispatcher
@@ -92,15 +90,8 @@ async def test_a_batch_that_rolls_back_leaves_none_of_its_changes_in_memory(
         await reach(citizen, Step.REQUEST)
         assert _cache_of(app) == 1
         before = await stored(app, citizen)
-        path = make_url(database_url).database
-        assert path
-        locker = sqlite3.connect(path, isolation_level=None, timeout=0)
-        try:
-            locker.execute("BEGIN IMMEDIATE")  # the commit cannot happen
+        with conftest.sqlite_write_lock(database_url):  # the commit cannot happen
             await process_batch(app.sim.dp, app.sim.bot, [citizen.message_update(text="要求支付工资")])
-        finally:
-            locker.execute("ROLLBACK")
-            locker.close()
         assert citizen.last_text == t("zh", "retry_later")
         assert await stored(app, citizen) == before
         # Sent again, the answer is taken as the answer to the same question,

@@ -580,16 +580,9 @@ async def test_the_database_locked_state_is_left_as_it_was(
         citizen = app.sim.citizen()
         await reach(citizen, Step.REQUEST)
         before = await stored(app, citizen)
-        path = make_url(database_url).database
-        assert path
-        locker = sqlite3.connect(path, isolation_level=None, timeout=0)
-        try:
-            locker.execute("BEGIN IMMEDIATE")
-            refused = citizen.message_update(text="要求支付工资")
+        refused = citizen.message_update(text="要求支付工资")
+        with conftest.sqlite_write_lock(database_url):
             await process_batch(app.sim.dp, app.sim.bot, [refused])  # nothing escapes
-        finally:
-            locker.execute("ROLLBACK")
-            locker.close()
         assert citizen.last_text == t("zh", "retry_later")
         assert await stored(app, citizen) == before
         # Not recorded as processed: if Telegram delivered it again it would be handled.
