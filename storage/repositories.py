@@ -270,6 +270,15 @@ async def citizen_sessions(session: AsyncSession, user_ids: Iterable[int], *, lo
 
 #: Petitioners asked for in one statement at most (CaseRepository.petitioners).
 _CHUNK = 16
+#: The statement's shapes: a chunk is padded to the next. Padding is not free:
+#: each petitioner is a ranked subquery and five parameters, and measured here
+#: two filings cost ~0.4 ms (0.3 ms of the event loop's CPU) in the shape of
+#: two, ~1.1 ms (0.8 ms) padded to sixteen (BENCHMARKS finding 35).
+_SHAPES = (1, 2, 4, 8, _CHUNK)
+
+
+def _shape(count: int) -> int:
+    return next(size for size in _SHAPES if size >= count)
 
 
 @functools.cache
@@ -285,13 +294,15 @@ def _petitioners_statement(count: int) -> Any:
                           Case.phone_hash == bindparam(f"phone_{i}"), Case.id_hash == bindparam(f"id_{i}"))
         final_same = and_(Case.status == "final", Case.category == bindparam(f"category_{i}"),
                           Case.location == bindparam(f"location_{i}"))
-        rank = case((final_same, 0), (Case.status.not_in(CLOSED_STATUSES), 1), else_=2)
+        # Closed statuses as bound values of the statement, not an expanding list
+        # (which SQLAlchemy renders into the SQL again at every execution).
+        rank = case((final_same, 0), (Case.status.not_in([literal(s) for s in CLOSED_STATUSES]), 1), else_=2)
         parts.append(select(select(literal(i).label("who"), rank.label("rank"), Case.submitted_at,
                                    Case.tracking_number, Case.category, Case.location, Case.title, Case.request)
                             .where(same_person).order_by(rank, Case.submitted_at.desc())
                             .limit(bindparam("limit")).subquery()))
     parts.append(select(literal(-1), literal(-1), null(), Case.tracking_number, null(), null(), null(), null())
-                 .where(Case.tracking_number.in_(bindparam("numbers", expanding=True))))
+                 .where(Case.tracking_number.in_([bindparam(f"number_{i}") for i in range(count)])))
     return union_all(*parts)
 
 
@@ -390,25 +401,26 @@ class CaseRepository:
         return found
 
     async def compile_ahead(self) -> None:
-        """Run the petitioner query once in each of its two shapes, for nobody.
+        """Run the petitioner query once in each of its shapes, for nobody.
 
         SQLAlchemy compiles a statement the first time it runs and keeps it for
         the engine's life. The shape for a chunk of petitioners is a union of
         sixteen ranked subqueries and takes ~17 ms to compile (measured here),
-        paid by the first batch that confirms two filings at once, and with
-        group commit by every update of that batch and those queued behind it.
+        the smaller ones about 1 ms per petitioner, paid by the first batch
+        that confirms that many filings at once, and with group commit by every
+        update of that batch and those queued behind it.
         Done at start-up, before the first update (``bot.app.ready_to_serve``)."""
-        for size in (1, _CHUNK):
+        for size in _SHAPES:
             await self.petitioners([_NOBODY] * size)
 
     async def _petitioners(self, queries: Sequence[PetitionerQuery], limit: int) -> list[Petitioner]:
-        # One query alone, or a chunk padded to _CHUNK: two statement shapes to
-        # compile (a statement of n petitioners takes ~1 ms per petitioner to compile).
-        size = 1 if len(queries) == 1 else _CHUNK
+        # Padded to the next shape (_SHAPES), each compiled at start-up; the
+        # padding's numbers are empty and its hashes NULL, so it finds nothing.
+        size = _shape(len(queries))
         padded = [*queries, *[_NOBODY] * (size - len(queries))]
-        params: dict[str, Any] = {"limit": limit + 1, "numbers": [q.number for q in queries]}
+        params: dict[str, Any] = {"limit": limit + 1}
         for i, q in enumerate(padded):
-            params.update({f"user_{i}": q.user_id, f"phone_{i}": lookup_hash(q.phone),
+            params.update({f"number_{i}": q.number, f"user_{i}": q.user_id, f"phone_{i}": lookup_hash(q.phone),
                            f"id_{i}": lookup_hash(q.id_number), f"category_{i}": q.category,
                            f"location_{i}": q.location})
         with self.session.no_autoflush:

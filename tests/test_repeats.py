@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from bot.polling import process_batch
 from storage.models import Case, CaseEvent
+from storage.repositories import CaseRepository, PetitionerQuery
 from tests.conftest import STAFF_CHAT, App
 from tests.flows import ZH, file_petition, to_summary
 from tests.test_handoff_e2e import ADMIN, _press
@@ -131,3 +132,21 @@ async def test_confirms_in_one_polling_batch_see_each_petitioners_earlier_cases(
     first, second = await _cases(app)
     assert first.tracking_number == tracking and second.citizen_user_id == 12 and second.first_time
     assert "one by one" not in caplog.text, "the batch ran as one transaction"
+
+
+@pytest.mark.parametrize("filings", [1, 3, 9, 17])
+async def test_the_petitioner_query_of_any_number_of_filings_tells_each_its_own(app: App, filings: int) -> None:
+    """Padded to the next of its compiled shapes (1, 2, 4, 8, 16 filings, then
+    chunks of 16): the padding finds no case and takes no number."""
+    tracking, _ = await file_petition(app.sim.citizen(11))
+    queries = [PetitionerQuery(100 + i, f"1390000{i:04d}", None, "labor", "dongcheng", f"DG-TEST-{i:04d}")
+               for i in range(filings)]
+    last = filings - 1  # the returning petitioner, whose drawn number is the one already taken
+    queries[last] = PetitionerQuery(11, "13900000000", None, "labor", "dongcheng", tracking)
+
+    async with app.sessionmaker() as session, session.begin():
+        found = await CaseRepository(session).petitioners(queries)
+
+    assert [(p.number, p.number_taken, p.filed_before) for p in found] == [
+        (q.number, i == last, i == last) for i, q in enumerate(queries)]
+    assert [c.tracking_number for c in found[last].open_cases] == [tracking]
