@@ -5,8 +5,9 @@ time: it cannot tell which new id belongs to which object in a multi-row
 insert there. A new case comes with its events, its first clock and its staff
 card, so every filing would cost several round trips. Nothing reads those rows
 back before the commit, so they are kept here (new objects, never added to the
-session) and written when the transaction commits: the cases in one multi-row
-insert, then everything that refers to them, one executemany per table. A row
+session) and written when the transaction commits: the cases first, then
+everything that refers to them, one executemany per table (per set of
+columns the rows give). A row
 of a new case finds its case's id in the same statement, by the case's
 tracking number (unique), so no id is read back and, in a polling batch on
 SQLite, none of these statements is a trip of its own: they all ride along
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Table, bindparam, event, inspect, select
+from sqlalchemy import Table, bindparam, event, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -83,13 +84,15 @@ def _insert(table: Table, of_new_case: bool) -> Any:
     """A plain INSERT into ``table`` that reads nothing back (``inline()``), so
     that even a single row's can ride along with the commit's trip. For rows of
     a case written in this transaction, the case's id is found by its tracking
-    number. Built once per table: SQLAlchemy caches the compiled form by it."""
+    number; a case not found gives id -1, which the foreign key refuses, so
+    such a row fails the commit instead of being kept without its case (the
+    outbox's ``case_id`` may be NULL). Built once per table and kind."""
     insert = table.insert().inline()
     if not of_new_case:
         return insert
     cases: Table = Case.__table__  # type: ignore[assignment]
-    return insert.values(case_id=select(cases.c.id).where(cases.c.tracking_number == bindparam(_CASE_NUMBER))
-                         .scalar_subquery())
+    found = select(cases.c.id).where(cases.c.tracking_number == bindparam(_CASE_NUMBER)).scalar_subquery()
+    return insert.values(case_id=func.coalesce(found, -1))
 
 
 @event.listens_for(Session, "before_commit")

@@ -302,7 +302,8 @@ def _petitioners_statement(count: int) -> Any:
                             .where(same_person).order_by(rank, Case.submitted_at.desc())
                             .limit(bindparam("limit")).subquery()))
     parts.append(select(literal(-1), literal(-1), null(), Case.tracking_number, null(), null(), null(), null())
-                 .where(Case.tracking_number.in_([bindparam(f"number_{i}") for i in range(count)])))
+                 .where(Case.tracking_number.in_([bindparam(f"number_{i}", type_=Case.tracking_number.type)
+                                                  for i in range(count)])))
     return union_all(*parts)
 
 

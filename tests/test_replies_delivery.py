@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiogram.exceptions import TelegramForbiddenError, TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import Update
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import middlewares
@@ -27,6 +29,7 @@ from dialogs.i18n import t
 from handoff.intake import IntakeService
 from handoff.pacer import Pacer
 from state_machine.intake import Step
+from storage import later
 from storage.later import insert_at_commit
 from storage.models import Case, CaseClock, CaseEvent, OutboxMessage
 from tests import conftest
@@ -241,6 +244,11 @@ async def test_filings_confirmed_in_one_batch_are_each_written_whole(app: App) -
         assert clocks == ["route"]
         assert outbox == ["card"]
         assert case.tracking_number in person.last_text and "已提交" in person.last_text
+    # Each case's timeline is its own citizen's (the rows find their case by its tracking number).
+    async with app.sessionmaker() as session:
+        actors = {(case_id, actor) for case_id, actor in (await session.execute(
+            select(CaseEvent.case_id, CaseEvent.actor_id))).all()}
+    assert actors == {(case.id, case.citizen_user_id) for case, *_ in written}
 
 
 async def test_a_batch_redone_one_by_one_writes_each_filing_once(
@@ -255,6 +263,21 @@ async def test_a_batch_redone_one_by_one_writes_each_filing_once(
     [(case, timeline, clocks, outbox)] = await _written(app)
     assert (timeline, clocks, outbox) == (["consented", "submitted"], ["route"], ["card"])
     assert case.tracking_number in filer.last_text
+
+
+async def test_a_row_whose_new_case_is_not_there_fails_the_commit_instead_of_losing_its_case(app: App) -> None:
+    """The rows of a case filed in the transaction find its id by its tracking
+    number; one that found none would be a staff card without its case (the
+    outbox's case_id may be NULL): it is refused instead."""
+    now = datetime.now(UTC)
+    card = {"kind": "card", "chat_id": conftest.STAFF_CHAT, "payload": {}, "priority": 0, "status": "pending",
+            "attempts": 0, "next_attempt_at": now, "created_at": now, "new_case_tracking_number": "DG-NONE-0000"}
+    async with app.sessionmaker() as session:
+        with pytest.raises(IntegrityError):
+            async with session.begin():
+                await session.execute(later._insert(OutboxMessage.__table__, True), [card])
+    async with app.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
 async def test_rows_kept_for_the_commit_are_forgotten_when_the_transaction_rolls_back(app: App) -> None:
