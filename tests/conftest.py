@@ -7,7 +7,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -161,6 +161,18 @@ def sqlite_write_lock(database_url: str) -> Iterator[None]:
         locker.execute("ROLLBACK")
     finally:
         locker.close()
+
+
+@asynccontextmanager
+async def impatient_app(database_url: str, settings: Settings, bureau: BureauConfig, clock: TestClock,
+                        batches: bool = False) -> AsyncIterator[App]:
+    """An app on its own engine whose SQLite connections give up after 200 ms
+    on a write lock held elsewhere (:func:`sqlite_write_lock`)."""
+    engine = create_engine(database_url, busy_timeout_ms=200)
+    try:
+        yield make_app(settings, create_sessionmaker(engine), bureau, clock, batches=batches)
+    finally:
+        await engine.dispose()
 
 
 def make_app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bureau: BureauConfig,

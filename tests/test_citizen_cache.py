@@ -83,9 +83,7 @@ async def test_a_batch_that_rolls_back_leaves_none_of_its_changes_in_memory(
         clock: conftest.TestClock) -> None:
     if not database_url.startswith("sqlite"):
         pytest.skip("SQLite only: the rows are kept in memory only on SQLite")
-    engine = create_engine(database_url, busy_timeout_ms=200)
-    try:
-        app = make_app(settings, create_sessionmaker(engine), bureau, clock, batches=True)
+    async with conftest.impatient_app(database_url, settings, bureau, clock, batches=True) as app:
         citizen = app.sim.citizen()
         await reach(citizen, Step.REQUEST)
         assert _cache_of(app) == 1
@@ -100,8 +98,6 @@ async def test_a_batch_that_rolls_back_leaves_none_of_its_changes_in_memory(
         after = await stored(app, citizen)
         assert after.state == Step.FACTS
         assert after.answers == {**before.answers, "request": "要求支付工资"}
-    finally:
-        await engine.dispose()
 
 
 async def test_more_citizens_than_the_cache_holds_each_continue_where_they_were(

@@ -574,9 +574,7 @@ async def test_the_database_locked_state_is_left_as_it_was(
     """The refused update leaves nothing behind: same state and answers, no update id recorded."""
     if not database_url.startswith("sqlite"):
         pytest.skip("SQLite only: PostgreSQL has no busy timeout (a row lock simply waits)")
-    engine = create_engine(database_url, busy_timeout_ms=200)
-    try:
-        app = make_app(settings, create_sessionmaker(engine), bureau, clock)
+    async with conftest.impatient_app(database_url, settings, bureau, clock) as app:
         citizen = app.sim.citizen()
         await reach(citizen, Step.REQUEST)
         before = await stored(app, citizen)
@@ -588,8 +586,6 @@ async def test_the_database_locked_state_is_left_as_it_was(
         # Not recorded as processed: if Telegram delivered it again it would be handled.
         await app.sim.feed(refused)
         assert (await stored(app, citizen)).answers["request"] == "要求支付工资"
-    finally:
-        await engine.dispose()
 
 
 # -- PostgreSQL connections dropped while the bot runs ------------------------------------------
