@@ -36,6 +36,10 @@ async def run(spec: dict[str, Any]) -> Any:
 
         return await run_status(spec["backend"], spec["sizes"], spec["per_kind"], spec["concurrent"], pg_url,
                                 spec.get("filings", 5), spec.get("rounds", 6))
+    if kind == "upkeep":
+        from bench.upkeep import run_upkeep
+
+        return await run_upkeep(spec["backend"], spec["sizes"], spec["updates"], pg_url)
     if kind == "burst":
         from bench.burst import run_burst
 

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Telegram keeps undelivered updates for 24 hours; keep their ids a while longer.
 DEDUPE_KEEP = timedelta(hours=48)
+#: How often SQLite's planner statistics are brought up to date (SQLite advises every few hours).
+OPTIMIZE_EVERY = timedelta(hours=1)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Maintenance:
     #: (the bot adds sending again the replies Telegram did not take).
     jobs: list[Callable[[datetime], Awaitable[object]]] = field(default_factory=list)
     _last_purge: datetime | None = None
+    _last_optimize: datetime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -63,10 +66,15 @@ class Maintenance:
                 if self.clocks is not None:
                     await self.clocks.remind_due(session, now)
                 await forget_updates_before(session, now - DEDUPE_KEEP)
-                if session.bind is not None and session.bind.dialect.name == "sqlite":
+                if session.bind is not None and session.bind.dialect.name == "sqlite" and (
+                        self._last_optimize is None or now - self._last_optimize >= OPTIMIZE_EVERY):
                     # Keeps SQLite's planner statistics current (it has no autovacuum):
                     # without them the same-petitioner query scans every final case.
+                    # Not every minute: SQLite analyzes again each time a table with
+                    # a partial index that matches no row yet (it gets no statistics),
+                    # and sampled (storage.db.ANALYSIS_LIMIT) that is still a few ms.
                     await session.execute(text("PRAGMA optimize"))
+                    self._last_optimize = now
                 if self.retention_days and (self._last_purge is None or now - self._last_purge >= timedelta(days=1)):
                     await purge(session, now, self.retention_days)
                     self._last_purge = now

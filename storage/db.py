@@ -23,6 +23,8 @@ from storage.onetrip import OneTripConnection, let_writes_ride_along, one_trip_d
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Rows of each index an SQLite ANALYZE looks at (SQLite's own advice: a few hundred to a thousand).
+ANALYSIS_LIMIT = 1000
 
 
 def is_sqlite(url: str) -> bool:
@@ -56,6 +58,11 @@ def _sqlite_setup(engine: AsyncEngine, synchronous: str, busy_timeout_ms: int) -
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
+        # ANALYZE (run by the maintenance tick's PRAGMA optimize) samples this
+        # many rows of each index instead of reading them all: 1 ms for the
+        # cases table at a million rows, where a full one took 1.7 s under
+        # the write lock (docs/BENCHMARKS.md, finding 36).
+        cursor.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
         cursor.close()
 
     event.listen(sync_engine, "before_cursor_execute", let_writes_ride_along)

@@ -1,0 +1,127 @@
+"""Benchmark 2b: what runs in a write transaction as the history grows.
+
+On SQLite a write transaction holds the database's one write lock, so while it
+runs no citizen's step commits. Two such transactions read old rows:
+
+* the maintenance tick, every minute: expiring rating invitations, closing
+  review windows, statutory reminders, forgetting old update ids, and sending
+  again the replies not known to be sent (``bot.app.create_maintenance``);
+* ``/stats`` for this month, in a staff member's update (``handoff.kpi.compute``,
+  the same call).
+
+The history is the status benchmark's cloned cases (:mod:`bench.fill`), moved
+into the past: each case 105 days to five years old, with its timeline, routed,
+received by a unit and accepted (nine in ten), a review asked for one in fifty,
+and two rating invitations, rated long ago. The update ids of a busy day are
+kept as the bot keeps them (replies sent). This month holds only the one real
+filing, so whatever grows with the table is the history's cost, not the
+period's. Each is timed as a whole, several times, at each size.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.common import ERRORS, scratch_database
+from bench.status import Table
+from bot.app import create_maintenance
+from dialogs.engine import utcnow
+from handoff.deadlines import BUREAU_TZ
+from handoff.kpi import compute
+
+log = logging.getLogger(__name__)
+
+#: How far back the history reaches: from 105 days (so that its latest step, a
+#: review asked for 70 days after submission, falls before this month) to five years.
+NEWEST_DAYS, SPAN_DAYS = 105, 1825
+
+
+def _days_ago(backend: str, column: str, days: str) -> str:
+    """SQL for ``column`` moved ``days`` (an SQL integer expression) into the past."""
+    if backend == "sqlite":
+        return f"datetime({column}, '-' || ({days}) || ' days')"
+    return f"{column} - make_interval(days => ({days})::int)"
+
+
+def _days_after(backend: str, column: str, days: int) -> str:
+    return f"datetime({column}, '+{days} days')" if backend == "sqlite" else f"{column} + interval '{days} days'"
+
+
+async def age(table: Table, first_id: int) -> None:
+    """Move the cases from ``first_id`` on (and their rows) into the past, and
+    give each its life: routing, receipt, acceptance, ratings."""
+    app, backend = table.app, table.app.backend
+    offset = f"{NEWEST_DAYS} + id % {SPAN_DAYS}"
+    after = _days_after
+    statements = [
+        f"UPDATE cases SET submitted_at = {_days_ago(backend, 'submitted_at', offset)} WHERE id >= :first",
+        f"UPDATE cases SET routed_at = {after(backend, 'submitted_at', 1)}, "
+        f"unit_received_at = {after(backend, 'submitted_at', 2)}, "
+        f"acceptance_notice_at = {after(backend, 'submitted_at', 9)} WHERE id >= :first AND id % 10 <> 0",
+        f"UPDATE cases SET review_requested_at = {after(backend, 'submitted_at', 70)} "
+        "WHERE id >= :first AND id % 50 = 0",
+        f"UPDATE case_events SET at = {_days_ago(backend, 'at', f'{NEWEST_DAYS} + case_id % {SPAN_DAYS}')} "
+        "WHERE case_id >= :first",
+        *(f"INSERT INTO ratings (case_id, stage, invited_at, expires_at, status) "
+          f"SELECT id, '{stage}', {after(backend, 'submitted_at', days)}, {after(backend, 'submitted_at', days + 30)}, "
+          f"'rated' FROM cases WHERE id >= :first" for stage, days in (("acceptance", 9), ("decision", 60))),
+    ]
+    async with app.engine.begin() as conn:
+        for sql in statements:
+            await conn.execute(text(sql), {"first": first_id})
+        # What SQLite's PRAGMA optimize (the tick's) and PostgreSQL's autovacuum keep current.
+        await conn.exec_driver_sql("ANALYZE")
+
+
+async def keep_updates(table: Table, count: int) -> None:
+    """The update ids of the last day, replies sent, as the bot keeps them."""
+    now = utcnow()
+    step = timedelta(days=1) / max(count, 1)
+    rows = [[10**12 + n, now - timedelta(days=1) + n * step, None, True] for n in range(count)]
+    for start in range(0, count, 20_000):
+        await table.filler._insert("processed_updates", ["update_id", "processed_at", "replies", "delivered"],
+                                   rows[start:start + 20_000])
+
+
+async def run_upkeep(backend: str, sizes: list[int], updates: int, pg_url: str, repeats: int = 5) -> dict[str, Any]:
+    errors_before = ERRORS.count
+    async with scratch_database(backend, pg_url) as url:
+        table = await Table.open(url)
+        app = table.app
+        try:
+            maintenance = create_maintenance(app.dp, app.sessionmaker, bot=app.bot)
+            await keep_updates(table, updates)
+            today = utcnow().astimezone(BUREAU_TZ).date()
+            levels = []
+            for size in sizes:
+                first_id = table.filler.next_ids.get("cases", 2)
+                started = time.perf_counter()
+                await table.filler.grow_to(size)
+                await age(table, max(first_id, 2))  # case 1 is the real filing, this month's
+                fill_seconds = time.perf_counter() - started
+                await maintenance.tick()  # once untimed: the first run plans and warms the cache
+                ticks, reports = [], []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    await maintenance.tick()
+                    ticks.append((time.perf_counter() - t0) * 1e3)
+                    async with app.sessionmaker() as session, session.begin():
+                        t0 = time.perf_counter()
+                        report = await compute(session, app.bureau, start=today.replace(day=1), end=today,
+                                               now=utcnow())
+                        reports.append((time.perf_counter() - t0) * 1e3)
+                levels.append({"cases": size, "ratings": 2 * size, "updates_kept": updates,
+                               "fill_seconds": fill_seconds, "tick_ms": ticks, "stats_ms": reports,
+                               "tick_p50_ms": statistics.median(ticks), "stats_p50_ms": statistics.median(reports),
+                               "received_this_month": report.summary.received})
+                log.warning("upkeep %s %s: tick %.1f ms, /stats %.1f ms", backend, size,
+                            statistics.median(ticks), statistics.median(reports))
+        finally:
+            await app.close()
+    return {"backend": backend, "levels": levels, "errors": ERRORS.count - errors_before}
