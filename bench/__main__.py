@@ -53,6 +53,9 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
     tasks.extend({"kind": "status", "backend": b, "sizes": sizes, "per_kind": 150 if full else 15,
                   "concurrent": 300 if full else 60, "filings": 5 if full else 2,
                   "rounds": 6 if full else 4} for b in backends)
+    # What runs under the write lock (the maintenance tick, /stats) over a growing history.
+    tasks.extend({"kind": "upkeep", "backend": b, "sizes": [10_000, 1_000_000] if full else [2_000, 20_000],
+                  "updates": 200_000 if full else 20_000} for b in backends if full or b == "sqlite")
     tasks.append({"kind": "burst", "backend": "sqlite", "burst": "group", "count": 1000 if full else 40,
                   "factor": 20.0, "citizens": 10 if full else 3})
     tasks.append({"kind": "burst", "backend": "sqlite", "burst": "private", "count": 1000 if full else 60,
@@ -88,7 +91,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the full sizes (about 20 minutes); default: quick")
     parser.add_argument("--quick", action="store_true", help="the quick mode (default)")
-    parser.add_argument("--only", default="", help="comma-separated: intake,ceiling,status,burst,webhook,memory")
+    parser.add_argument("--only", default="", help="comma-separated: intake,ceiling,status,upkeep,burst,webhook,memory")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL,
                         help="server for PostgreSQL runs (a database is created and dropped per benchmark)")

@@ -274,6 +274,24 @@ def render(report: dict[str, Any]) -> str:
                        "filing at this size: confirm / other steps p50 ms", "wrong answers / failed"], rows))
     out.append("\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
 
+    # 2b. upkeep ------------------------------------------------------------------------------
+    upkeep = _results(report, "upkeep")
+    if upkeep:
+        out.append("#### 2b. Under the write lock as the history grows: the maintenance tick and /stats\n")
+        rows, notes = [], []
+        for r in upkeep:
+            for lv in r["levels"]:
+                rows.append([r["backend"], f"{lv['cases']:,}", f"{lv['ratings']:,}", f"{lv['updates_kept']:,}",
+                             lv["fill_seconds"], f"{_f(lv['tick_p50_ms'])} / {_f(max(lv['tick_ms']))}",
+                             f"{_f(lv['stats_p50_ms'])} / {_f(max(lv['stats_ms']))}", lv["received_this_month"]])
+            first, last = r["levels"][0], r["levels"][-1]
+            notes.append(f"{r['backend']}: at {last['cases']:,} / at {first['cases']:,} cases, the tick "
+                         f"{last['tick_p50_ms'] / first['tick_p50_ms']:.2f}, /stats "
+                         f"{last['stats_p50_ms'] / first['stats_p50_ms']:.2f}; errors {r['errors']}")
+        out.append(_table(["backend", "cases of history", "ratings", "update ids kept", "fill and age s",
+                           "tick p50 / max ms", "/stats this month p50 / max ms", "cases this month"], rows))
+        out.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+
     # 3. burst -------------------------------------------------------------------------------
     out.append("#### 3. Notification burst under Telegram's limits (scaled time)\n")
     rows = []
