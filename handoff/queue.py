@@ -18,7 +18,7 @@ from dialogs.i18n import t
 from dialogs.tracking import parse_tracking_number
 from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import enqueue
-from state_machine.case import TERMINAL_VALUES
+from state_machine.case import OPEN_VALUES
 from storage.models import Case, CitizenSession, Staff, StaffMessage
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class QueueService:
 
     async def listing(self, session: AsyncSession, *, page: int = 0, assignee: int | None = None) -> str:
         """Open cases: overdue first, then unclaimed, urgent, and the nearest deadline."""
-        where: list[ColumnElement[bool]] = [Case.status.not_in(TERMINAL_VALUES)]
+        where: list[ColumnElement[bool]] = [Case.status.in_(OPEN_VALUES)]
         if assignee is not None:
             where.append(Case.assignee_id == assignee)
         total = int(await session.scalar(select(func.count()).select_from(Case).where(*where)) or 0)

@@ -92,6 +92,9 @@ TERMINAL: frozenset[Status] = frozenset(
 OPEN: frozenset[Status] = frozenset(Status) - TERMINAL
 #: The terminal statuses as stored strings, for queries (``status.not_in(...)``).
 TERMINAL_VALUES: tuple[str, ...] = tuple(sorted(s.value for s in TERMINAL))
+#: The open statuses, named: a query for the open cases that says "status not in
+#: the terminal ones" reads the whole status index, every case ever closed included.
+OPEN_VALUES: tuple[str, ...] = tuple(sorted(s.value for s in OPEN))
 
 #: Where the citizen may still withdraw: open and before any decision. A
 #: non-acceptance notice, a direction to a statutory route and a redirection
