@@ -6,7 +6,7 @@ report's reads went through every case, event or rating ever kept
 
 * the period's cases: one partial index per time a clock starts at (the
   report unites one read per column);
-* the period's transfers, assignments and supervision: ``(action, at)``;
+* the period's transfers, assignments and supervision: ``at``;
 * the period's rating invitations: ``invited_at``.
 
 Revision ID: 0003
@@ -39,7 +39,7 @@ def upgrade() -> None:
                                   sqlite_where=filled, postgresql_where=filled)
 
     with op.batch_alter_table('case_events', schema=None) as batch_op:
-        batch_op.create_index('ix_case_events_action_at', ['action', 'at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_case_events_at'), ['at'], unique=False)
 
     with op.batch_alter_table('ratings', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ratings_invited_at'), ['invited_at'], unique=False)
@@ -50,7 +50,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_ratings_invited_at'))
 
     with op.batch_alter_table('case_events', schema=None) as batch_op:
-        batch_op.drop_index('ix_case_events_action_at')
+        batch_op.drop_index(batch_op.f('ix_case_events_at'))
 
     with op.batch_alter_table('cases', schema=None) as batch_op:
         for name in reversed(CLOCK_STARTS):
