@@ -129,9 +129,13 @@ def main() -> int:
     out_dir.mkdir(exist_ok=True)
     earlier = out_dir / f"{mode}.json"
     if only and earlier.exists():  # a part re-run: keep the other parts of the last run of this mode
-        kept = [r for r in json.loads(earlier.read_text())["results"] if r["spec"]["kind"] not in only]
+        previous = json.loads(earlier.read_text())
+        kept = [r for r in previous["results"] if r["spec"]["kind"] not in only]
         results = kept + results
-        info["partial"] = f"{', '.join(sorted(only))} re-run; the rest from the previous {mode} run"
+        origin = previous["machine"].get("partial_origin") or (
+            f"{previous['machine'].get('date', '?')}, code at {previous['machine'].get('commit', '?')}")
+        info["partial_origin"] = origin  # a second part re-run still names where the rest came from
+        info["partial"] = f"{', '.join(sorted(only))} re-run; the rest from the previous {mode} run ({origin})"
     report = {"mode": mode, "machine": info, "results": results}
     (out_dir / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
     if args.doc:
