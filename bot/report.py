@@ -41,6 +41,7 @@ from handoff.kpi import (
     entered_channel_counts,
     parse_period,
 )
+from storage.db import create_sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -399,9 +400,11 @@ async def run_report(settings: Settings, bureau: BureauConfig, *, start: str, en
 
     from bot.app import open_database
 
-    engine, sessionmaker = await open_database(settings)
+    engine, _ = await open_database(settings)
     try:
-        async with sessionmaker() as session:
+        # A reader: on SQLite it takes no write lock, so a long report does not
+        # hold the bot's commits while it reads.
+        async with create_sessionmaker(engine, read_only=True)() as session:
             report = await compute(session, bureau, start=first, end=last, now=now or datetime.now(BUREAU_TZ),
                                    unit=unit, other_channels=other_channels)
     finally:

@@ -14,6 +14,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -23,6 +25,8 @@ from storage.onetrip import OneTripConnection, let_writes_ride_along, one_trip_d
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Execution option of a reader's connections (:func:`create_sessionmaker`).
+READ_ONLY = "petition_read_only"
 #: Rows of each index an SQLite ANALYZE looks at (SQLite's own advice: a few hundred to a thousand).
 ANALYSIS_LIMIT = 1000
 
@@ -69,15 +73,22 @@ def _sqlite_setup(engine: AsyncEngine, synchronous: str, busy_timeout_ms: int) -
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        # A reader's transaction takes no lock: in WAL mode it reads a snapshot
+        # while the bot keeps committing.
+        begin = "BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
         raw = connection.connection.dbapi_connection
         if isinstance(raw, OneTripConnection):
-            raw.begin_with_next("BEGIN IMMEDIATE")  # sent with the first statement, no trip of its own
+            raw.begin_with_next(begin)  # sent with the first statement, no trip of its own
         else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql(begin)
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessionmaker(engine: AsyncEngine, *, read_only: bool = False) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the engine; ``read_only`` ones, for reports, must not write:
+    on SQLite they do not take the write lock (a long report would otherwise
+    hold every citizen's commit while it reads, docs/BENCHMARKS.md finding 36)."""
+    bind = engine.execution_options(**{READ_ONLY: True}) if read_only else engine
+    return async_sessionmaker(bind, expire_on_commit=False)
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -89,13 +100,26 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` on this engine (used at start and by ``migrate``)."""
+    """Bring the schema to ``revision`` on this engine (used at start and by ``migrate``).
+
+    A schema already at the newest revision is left alone after a look in a
+    reader's transaction: upgrading begins a writer's one, which on SQLite
+    waits for the write lock, so ``petition-bot report`` run beside a busy
+    bot would wait for it only to find nothing to do."""
 
     def _upgrade(connection: Connection) -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 
+    def _at_head(connection: Connection) -> bool:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+        return current == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+    if revision == "head":
+        async with engine.execution_options(**{READ_ONLY: True}).connect() as connection:
+            if await connection.run_sync(_at_head):
+                return
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade)
 

@@ -14,7 +14,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.conftest import STAFF_CHAT, TEST_DATA_KEY, App
+from tests.conftest import STAFF_CHAT, TEST_DATA_KEY, App, sqlite_write_lock
 from tests.test_kpi import DONGCHENG, HUMEN, at, routed, store
 
 ADMIN = 9001
@@ -63,6 +63,22 @@ async def test_report_as_csv(sessionmaker: async_sessionmaker[AsyncSession], dat
     assert by_metric["及时受理率"][1:4] == ["50.00%", "2", "4"]
     assert by_metric["网上信访占比"][1:4] == ["50.00%", "4", "8"]
     assert by_metric["统计期间"][1] == "2026-03-01 – 2026-03-31"
+
+
+async def test_report_runs_while_the_bot_holds_the_write_lock(sessionmaker: async_sessionmaker[AsyncSession],
+                                                              database_url: str, tmp_path: Path) -> None:
+    """SQLite: a report read in a writer's transaction waited for the bot's
+    commits to stop and stopped them while it read (a year at a million cases
+    is seconds). It reads a snapshot now, and finds the schema current without
+    the lock."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL readers and writers do not block each other")
+    await march(sessionmaker)
+    with sqlite_write_lock(database_url):
+        result = await run_report(database_url, tmp_path, "--from", "2026-03-01", "--to", "2026-03-31")
+    assert result.returncode == 0, result.stderr
+    line = next(row for row in result.stdout.splitlines() if row.startswith("及时受理率"))
+    assert line.split()[:4] == ["及时受理率", "50.00%", "2", "4"]
 
 
 async def test_report_as_xlsx_reads_back(sessionmaker: async_sessionmaker[AsyncSession], database_url: str,
