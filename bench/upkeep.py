@@ -50,6 +50,7 @@ def _days_ago(backend: str, column: str, days: str) -> str:
 
 
 def _days_after(backend: str, column: str, days: int) -> str:
+    """SQL for ``column`` moved ``days`` into the future."""
     return f"datetime({column}, '+{days} days')" if backend == "sqlite" else f"{column} + interval '{days} days'"
 
 
@@ -58,7 +59,7 @@ async def age(table: Table, first_id: int) -> None:
     give each its life: routing, receipt, acceptance, ratings."""
     app, backend = table.app, table.app.backend
     offset = f"{NEWEST_DAYS} + id % {SPAN_DAYS}"
-    after = _days_after
+    after = _days_after  # short: the statements below use it often
     statements = [
         f"UPDATE cases SET submitted_at = {_days_ago(backend, 'submitted_at', offset)} WHERE id >= :first",
         f"UPDATE cases SET routed_at = {after(backend, 'submitted_at', 1)}, "

@@ -260,7 +260,6 @@ class CaseEvent(Base):
     case: Mapped[Case] = relationship(back_populates="events", lazy="raise")
 
 
-
 class Staff(Base):
     """Who may act on cases. Admins come from PETITION_ADMIN_IDS and manage the rest."""
 
