@@ -116,6 +116,47 @@ def durable_commit_floor(commits: int = 300) -> dict[str, float]:
     return summary_ms(times)
 
 
+async def durable_step_floor(steps: int = 300) -> dict[str, Any]:
+    """The least one durably committed step costs through the stack the design
+    card fixes: SQLAlchemy's asyncio over aiosqlite, on the product's own engine
+    (``storage.db.create_engine``: its one-trip adapter, ``BEGIN IMMEDIATE``,
+    WAL, ``synchronous=FULL``). Each step writes one small row by its key and
+    commits, the write riding along with the commit's trip; nothing is read, no
+    aiogram, no dialog. Timed as an ORM session (as the product's updates are)
+    and as a bare Core connection, ``steps`` of each, alternating; ``floor_ms``
+    is the lower p50. A bot on this stack does the ceiling's work and at least
+    this for every update, so at one citizen it can reach no more than
+    ``ceiling / (ceiling + floor)`` of the ceiling's rate (BENCHMARKS.md, verdict)."""
+    from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert, update
+
+    from storage.onetrip import WRITES_RIDE_ALONG
+
+    table = Table("step", MetaData(), Column("id", Integer, primary_key=True), Column("body", LargeBinary))
+    write = (update(table).where(table.c.id == 1).values(body=os.urandom(200))
+             .execution_options(**{WRITES_RIDE_ALONG: True}))
+    times: dict[str, list[float]] = {"session": [], "connection": []}
+    with scratch_directory() as directory:
+        engine = create_engine(f"sqlite+aiosqlite:///{directory}/step.db")
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(table.metadata.create_all)
+                await connection.execute(insert(table).values(id=1, body=b""))
+            sessionmaker = create_sessionmaker(engine)
+            for _ in range(steps):
+                started = time.perf_counter()
+                async with sessionmaker.begin() as session:
+                    await session.execute(write)
+                times["session"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                async with engine.begin() as connection:
+                    await connection.execute(write)
+                times["connection"].append(time.perf_counter() - started)
+        finally:
+            await engine.dispose()
+    each = {kind: summary_ms(values) for kind, values in times.items()}
+    return {**each, "floor_ms": min(s["p50_ms"] for s in each.values())}
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -149,6 +149,17 @@ def _paced(report: dict[str, Any]) -> list[str]:
             "\nConsistency: " + "; ".join(checks) + ".\n" if checks else "", verdict]
 
 
+def _stack_bound(step_ms: float, ceiling_rate: float, budget_ms: float) -> str:
+    """What one durable step through the fixed stack leaves of the one-citizen target."""
+    ceiling_ms = 1000 / ceiling_rate
+    best = ceiling_ms / (ceiling_ms + step_ms)
+    return (f" Through the stack the design card fixes (SQLAlchemy's asyncio over aiosqlite, on the product's "
+            f"engine), a transaction that only writes one row by its key and commits takes {step_ms:.2f} ms "
+            f"(p50, the lower of an ORM session and a bare connection), {step_ms / budget_ms:.0%} of that "
+            f"budget: a bot doing the ceiling's work ({ceiling_ms:.2f} ms an update) and nothing more but "
+            f"such a step would reach at most **{best:.2f} ×** the ceiling with one citizen.")
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     out: list[str] = []
@@ -218,13 +229,16 @@ def render(report: dict[str, Any]) -> str:
     by_size = ", ".join(sizes)
     floors = [r["durable_commit_floor"]["p50_ms"] for r in intake
               if r["citizens"] == 1 and r["backend"] == "sqlite" and r.get("durable_commit_floor")]
+    steps = [r["durable_step_floor"]["floor_ms"] for r in intake
+             if r["citizens"] == 1 and r["backend"] == "sqlite" and r.get("durable_step_floor")]
     ceiling_one = [c["updates_per_s"] for (n, _), c in ceilings.items() if n == 1]
     if floors and ceiling_one:
         floor, budget = median(floors), 1000 / (0.5 * median(ceiling_one))  # ms an update may take at 0.5 ×
         out.append(f"One citizen commits every update on its own. A bare `sqlite3` commit of one row on this "
                    f"disk (WAL, synchronous=FULL, no aiosqlite, SQLAlchemy or aiogram) takes "
                    f"{floor:.2f} ms (p50); 0.5 × the ceiling leaves {budget:.2f} ms for a whole "
-                   f"update, so the commit alone is {floor / budget:.0%} of it.\n")
+                   f"update, so the commit alone is {floor / budget:.0%} of it."
+                   + (_stack_bound(median(steps), median(ceiling_one), budget) if steps else "") + "\n")
     saturated = " / ".join(f"{p:.0f}" for p in p99_saturated)
     out.append(f"Target ≥ 0.5 × ceiling on SQLite (each run against the ceiling run next to it): "
                f"{by_size or _ok(None)}. Target p99 ≤ 10 ms at 1,000 citizens: {_ok(verdict_p99)} saturated"
