@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from bench.ceiling import build_ceiling
 from bench.common import (
@@ -26,6 +27,7 @@ from bench.common import (
     durable_step_floor,
     round_trips,
     scratch_database,
+    settle_wal,
     sqlite_commit_times,
     summary_ms,
 )
@@ -90,6 +92,8 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 shape.append(step.label)
                 await app.dp.feed_update(app.bot, step.update)
             assert warm.ok and not warm.failed, warm.failed
+            if backend == "sqlite":
+                settle_wal(make_url(url).database or "")
 
             before_db, before_calls = app.stats.snapshot(), app.telegram.total
             errors_before = ERRORS.count
