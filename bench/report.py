@@ -213,7 +213,8 @@ def render(report: dict[str, Any]) -> str:
                          f"{r['errors']}" + ("" if r["check"]["receipts_failed"] == 0
                                              else f", {r['check']['receipts_failed']} filings unfinished")])
     verdict_p99 = median(p99_saturated) <= 10 if p99_saturated else None
-    out.append("#### 1. Intake throughput (full filing dialog, 20 updates per citizen)\n")
+    out.append("#### 1. Intake throughput (full filing dialog, 20 updates; "
+               "one citizen alone files ten times in a row)\n")
     out.append(_table(["citizens", "bot", "updates/s", "× ceiling", "p50 ms", "p99 ms", "max ms",
                        "confirm p50 / p99 ms", "commit trip p50 / p99 / max ms", "SQL statements / update",
                        "DB round trips / update", "Bot API calls / update", "failed updates"], rows))
