@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m bench`` (quick, under ~2 minutes) or
 ``python -m bench --full`` (the sizes the targets name, about 20 minutes).
 
-Each benchmark runs in a fresh process (:mod:`bench.task`); results are kept
+Each benchmark runs in a fresh process (:mod:`bench.task`), forked from a
+fork server that has imported the code once; results are kept
 as JSON in ``bench/results/`` and the tables in ``docs/BENCHMARKS.md`` (between
 its ``bench:begin``/``bench:end`` markers) are rewritten from them.
 Nothing here is a test: no timing is asserted anywhere.
@@ -10,7 +11,9 @@ Nothing here is a test: no timing is asserted anywhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from typing import Any
 
 from bench.common import DEFAULT_PG_URL
 from bench.report import machine_info, write_doc
+from bench.task import forked
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,19 +71,48 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
     return tasks
 
 
-def run_task(spec: dict[str, Any], python: str, env: dict[str, str]) -> dict[str, Any]:
+#: Imported once by the fork server: every benchmark's process is forked from
+#: it with these loaded. Importing them took 2–3 s a process on a fast hour of
+#: this host and 7–10 s on a slow one, half of the quick mode's time there
+#: (BENCHMARKS.md, finding 37).
+PRELOAD = ["bench.task", "bench.common", "bench.intake", "bench.status", "bench.upkeep", "bench.burst",
+           "bench.webhook"]
+#: Kinds run in a new interpreter instead: the memory benchmark reports the
+#: process's RSS before its chats, which a fork would start with PRELOAD in it.
+NEW_INTERPRETER = {"memory"}
+
+
+def run_task(spec: dict[str, Any], context: Any) -> dict[str, Any]:
+    """One benchmark in a fresh process: forked from the fork server (``context``,
+    which has :data:`PRELOAD` imported), so that each starts as a new process
+    that has only imported the code, as ``python -m bench.task`` would; a kind
+    in :data:`NEW_INTERPRETER` is that command itself."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
         path = out.name
+    log_path = path + ".log"
     try:
-        proc = subprocess.run([python, "-m", "bench.task", json.dumps(spec), path], cwd=os.getcwd(), env=env,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-            return {"spec": spec, "error": "\n".join(tail)}
+        if spec["kind"] in NEW_INTERPRETER:
+            with open(log_path, "w") as log:
+                exitcode = subprocess.run([sys.executable, "-m", "bench.task", json.dumps(spec), path],
+                                          stdout=log, stderr=log).returncode
+        else:
+            process = context.Process(target=forked, args=(json.dumps(spec), path, log_path))
+            process.start()
+            process.join()
+            exitcode = process.exitcode
+        if exitcode != 0:
+            try:
+                with open(log_path) as f:
+                    tail = f.read().strip().splitlines()[-15:]
+            except OSError:
+                tail = []
+            return {"spec": spec, "error": "\n".join([*tail, f"(the benchmark's process exited with {exitcode})"])}
         with open(path) as f:
             return dict(json.load(f))
     finally:
-        os.unlink(path)
+        for leftover in (path, log_path):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
 
 
 def describe(spec: dict[str, Any]) -> str:
@@ -103,7 +136,10 @@ def main() -> int:
         print(f"PostgreSQL at {args.pg_url} does not answer: SQLite only", file=sys.stderr)
         backends = [b for b in backends if b != "postgresql"]
     only = {k for k in args.only.split(",") if k}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    # Processes a benchmark starts (the webhook workers) find this tree first too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
     info = machine_info()
     print(f"bench ({mode}) on {info['cpus']} CPUs, {info['ram_gib']:.0f} GiB, load {info['load_start']}",
           file=sys.stderr)
@@ -117,7 +153,7 @@ def main() -> int:
         if spec["kind"] == "ceiling":
             spec["shape"] = shape or ["command"] + ["text"] * 10 + ["press"] * 8 + ["confirm"]
         t0 = time.perf_counter()
-        outcome = run_task(spec, sys.executable, env)
+        outcome = run_task(spec, context)
         if spec["kind"] == "intake" and "result" in outcome and shape is None:
             shape = outcome["result"]["shape"]
         results.append(outcome)

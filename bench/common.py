@@ -93,9 +93,9 @@ def sqlite_commit_times() -> Iterator[list[float]]:
 
 
 #: Pages written to settle a new SQLite file's WAL: past one automatic
-#: checkpoint (1,000 pages by default), after which the log starts again from
-#: the top of a file already that long.
-_SETTLE_PAGES = 1_100
+#: checkpoint (1,000 pages by default), and with room for a batch's commit
+#: on top of the pages a checkpoint waits for.
+_SETTLE_PAGES = 2_000
 
 
 def settle_wal(path: str) -> None:
@@ -108,7 +108,10 @@ def settle_wal(path: str) -> None:
     its first ~200 filings and from then on writes over the same file, which
     SQLite keeps (no ``journal_size_limit``); a benchmark on a new file would
     otherwise time the first minutes of a new deployment. The pages are
-    written to a scratch table, dropped again, and checkpointed."""
+    written to a scratch table, dropped again, and checkpointed.
+
+    SQLite deletes the log when its last connection closes: another
+    connection to ``path`` must be open, and stay open while timing."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -131,12 +134,12 @@ def durable_commit_floor(commits: int = 300) -> dict[str, float]:
     log is settled first, as for the bot (:func:`settle_wal`)."""
     times: list[float] = []
     with scratch_directory() as directory:
-        settle_wal(os.path.join(directory, "floor.db"))
         db = sqlite3.connect(os.path.join(directory, "floor.db"), isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("CREATE TABLE step (body BLOB)")
+            settle_wal(os.path.join(directory, "floor.db"))
             for _ in range(commits):
                 started = time.perf_counter()
                 db.execute("BEGIN IMMEDIATE")
@@ -169,12 +172,12 @@ async def durable_step_floor(steps: int = 300) -> dict[str, Any]:
              .execution_options(**{WRITES_RIDE_ALONG: True}))
     times: dict[str, list[float]] = {"session": [], "connection": []}
     with scratch_directory() as directory:
-        settle_wal(os.path.join(directory, "step.db"))
         engine = create_engine(f"sqlite+aiosqlite:///{directory}/step.db")
         try:
             async with engine.begin() as connection:
                 await connection.run_sync(table.metadata.create_all)
                 await connection.execute(insert(table).values(id=1, body=b""))
+            settle_wal(os.path.join(directory, "step.db"))  # the engine's pooled connection keeps the log
             sessionmaker = create_sessionmaker(engine)
             for _ in range(steps):
                 started = time.perf_counter()

@@ -84,6 +84,8 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
     async with scratch_database(backend, pg_url) as url:
         app = await build_bot(url, variant=variant)
         try:
+            if backend == "sqlite":  # before the warm-up: its scratch table is a change of schema
+                settle_wal(make_url(url).database or "")
             ids = Ids(app.bot)
             # Warm-up: one filing, untimed (imports, catalogs, prepared statements, pool).
             warm = Receipts()
@@ -92,8 +94,6 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 shape.append(step.label)
                 await app.dp.feed_update(app.bot, step.update)
             assert warm.ok and not warm.failed, warm.failed
-            if backend == "sqlite":
-                settle_wal(make_url(url).database or "")
 
             before_db, before_calls = app.stats.snapshot(), app.telegram.total
             errors_before = ERRORS.count
@@ -120,6 +120,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 "citizens": citizens,
                 "pace": pace,
                 "updates_per_filing": len(shape),
+                "filings_in_a_row": ALONE_IN_A_ROW if citizens == 1 and not pace else 1,
                 "shape": shape,
                 **_feed_metrics(result),
                 "db": {**delta, "statements_per_update": delta["statements"] / n,
@@ -155,6 +156,7 @@ async def run_ceiling(citizens: int, shape: list[str], pace: tuple[float, float]
         "citizens": citizens,
         "pace": pace,
         "updates_per_filing": len(shape),
+        "filings_in_a_row": ALONE_IN_A_ROW if citizens == 1 and not pace else 1,
         **_feed_metrics(result),
         "bot_api_calls_per_update": (telegram.total - before) / result.updates,
     }
