@@ -3,7 +3,9 @@ PETITION_TEST_DATABASE_URL is set), and the real dispatcher on a fake Bot API.""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -56,12 +58,12 @@ def bureau() -> BureauConfig:
     return load_bureau_config()
 
 
-async def _pg_database() -> tuple[str, str]:
+async def _pg_database(template: str | None = None) -> tuple[str, str]:
     assert PG_URL
     name = f"petition_test_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        await conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     await admin.dispose()
     return make_url(PG_URL).set(database=name).render_as_string(hide_password=False), name
 
@@ -74,12 +76,51 @@ async def _pg_drop(name: str) -> None:
     await admin.dispose()
 
 
+@dataclass(frozen=True)
+class Migrated:
+    """Databases migrated once per test session, copied for each test that
+    asks for a migrated one (``db``): running the migrations for every test
+    took a large share of the suite's time."""
+
+    sqlite_file: Path
+    pg_database: str | None
+
+
+async def _migrate(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migrated]:
+    sqlite_file = tmp_path_factory.mktemp("migrated") / "petitions.db"
+    asyncio.run(_migrate(f"sqlite+aiosqlite:///{sqlite_file}"))
+    pg_database = None
+    if PG_URL:
+        url, pg_database = asyncio.run(_pg_database())
+        asyncio.run(_migrate(url))
+    try:
+        yield Migrated(sqlite_file, pg_database)
+    finally:
+        if pg_database:
+            asyncio.run(_pg_drop(pg_database))
+
+
 @pytest.fixture(params=BACKENDS)
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, migrated: Migrated) -> AsyncIterator[str]:
+    """A new database: empty, or a copy of one already migrated when the test
+    asks for ``db`` (whose ``migrate`` then finds nothing to do)."""
+    template = migrated if "db" in request.fixturenames else None
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'petitions.db'}"
+        path = tmp_path / "petitions.db"
+        if template is not None:
+            shutil.copyfile(template.sqlite_file, path)
+        yield f"sqlite+aiosqlite:///{path}"
         return
-    url, name = await _pg_database()
+    url, name = await _pg_database(template.pg_database if template is not None else None)
     try:
         yield url
     finally:
