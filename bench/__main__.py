@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_PG_URL
+from bench import DEFAULT_PG_URL
 from bench.report import machine_info, write_doc
 from bench.task import forked
 

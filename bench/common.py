@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import bot.app as app_module
+from bench import DEFAULT_PG_URL
 from bot.app import create_bot, create_dispatcher, ready_to_serve
 from bot.settings import Settings
 from bot.simulator import FakeTelegram
@@ -40,7 +41,6 @@ from storage.db import create_engine, create_sessionmaker, migrate
 TOKEN = "123456:BENCH-token-for-the-fake-bot-api-00000"
 STAFF_CHAT = -1001234567890
 ADMIN_ID = 9001
-DEFAULT_PG_URL = os.environ.get("PETITION_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
 # -- statistics ---------------------------------------------------------------------------
