@@ -53,7 +53,7 @@ def plan(full: bool, backends: list[str]) -> list[dict[str, Any]]:
     # (The earlier what-ifs, one pooled SQLite connection and no FSM, are the product's defaults now.)
     if full and "postgresql" in backends:
         tasks.append({"kind": "intake", "backend": "postgresql", "citizens": 100, "variant": "pg-noping"})
-    sizes = [10_000, 100_000, 1_000_000] if full else [10_000, 50_000]
+    sizes = [10_000, 100_000, 1_000_000] if full else [5_000, 20_000]
     tasks.extend({"kind": "status", "backend": b, "sizes": sizes, "per_kind": 150 if full else 15,
                   "concurrent": 300 if full else 60, "filings": 5 if full else 2,
                   "rounds": 6 if full else 4} for b in backends)
