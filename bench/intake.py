@@ -57,13 +57,19 @@ def _stalls(commits: list[float], seconds: float) -> dict[str, float]:
             "share_of_run": sum(stalled) / seconds if seconds else 0.0}
 
 
+def _in_a_row(citizens: int, pace: tuple[float, float] | None) -> int:
+    """Filings each script makes one after another: :data:`ALONE_IN_A_ROW` for
+    a single citizen, saturated; else one."""
+    return ALONE_IN_A_ROW if citizens == 1 and not pace else 1
+
+
 def _people(citizens: int, pace: tuple[float, float] | None, dialog: Callable[[Person], Script],
             ids: Ids) -> list[Script]:
-    """One script per citizen at once; a single citizen, saturated, is
-    :data:`ALONE_IN_A_ROW` citizens one after another, as one script."""
-    if citizens == 1 and not pace:
-        return [itertools.chain.from_iterable(dialog(Person(ids, FIRST_CITIZEN + i)) for i in range(ALONE_IN_A_ROW))]
-    return [dialog(Person(ids, FIRST_CITIZEN + i)) for i in range(citizens)]
+    """One script per citizen at once, each of :func:`_in_a_row` filings by
+    as many citizens, one after another."""
+    row = _in_a_row(citizens, pace)
+    return [itertools.chain.from_iterable(dialog(Person(ids, FIRST_CITIZEN + i * row + k)) for k in range(row))
+            for i in range(citizens)]
 
 
 def _feed_metrics(result: FeedResult) -> dict[str, Any]:
@@ -111,7 +117,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 outbox = await session.scalar(select(func.count()).select_from(OutboxMessage))
             n = result.updates
             # One citizen commits every update alone: the disk's own floor and the stack's, measured beside it.
-            alone = backend == "sqlite" and citizens == 1 and not pace
+            alone = backend == "sqlite" and _in_a_row(citizens, pace) > 1
             floor = durable_commit_floor() if alone else None
             step_floor = await durable_step_floor() if alone else None
             return {
@@ -120,7 +126,7 @@ async def run_intake(backend: str, citizens: int, pg_url: str, variant: str | No
                 "citizens": citizens,
                 "pace": pace,
                 "updates_per_filing": len(shape),
-                "filings_in_a_row": ALONE_IN_A_ROW if citizens == 1 and not pace else 1,
+                "filings_in_a_row": _in_a_row(citizens, pace),
                 "shape": shape,
                 **_feed_metrics(result),
                 "db": {**delta, "statements_per_update": delta["statements"] / n,
@@ -156,7 +162,7 @@ async def run_ceiling(citizens: int, shape: list[str], pace: tuple[float, float]
         "citizens": citizens,
         "pace": pace,
         "updates_per_filing": len(shape),
-        "filings_in_a_row": ALONE_IN_A_ROW if citizens == 1 and not pace else 1,
+        "filings_in_a_row": _in_a_row(citizens, pace),
         **_feed_metrics(result),
         "bot_api_calls_per_update": (telegram.total - before) / result.updates,
     }

@@ -231,10 +231,9 @@ def render(report: dict[str, Any]) -> str:
         runs = f", the median of {len(ratios)} runs: {each}" if len(ratios) > 1 else ""
         sizes.append(f"{n:,} citizen{'s' if n > 1 else ''} {_ok(typical >= 0.5)} ({typical:.2f} ×{runs})")
     by_size = ", ".join(sizes)
-    floors = [r["durable_commit_floor"]["p50_ms"] for r in intake
-              if r["citizens"] == 1 and r["backend"] == "sqlite" and r.get("durable_commit_floor")]
-    steps = [r["durable_step_floor"]["floor_ms"] for r in intake
-             if r["citizens"] == 1 and r["backend"] == "sqlite" and r.get("durable_step_floor")]
+    alone = [r for r in intake if r["citizens"] == 1 and r["backend"] == "sqlite"]
+    floors = [r["durable_commit_floor"]["p50_ms"] for r in alone if r.get("durable_commit_floor")]
+    steps = [r["durable_step_floor"]["floor_ms"] for r in alone if r.get("durable_step_floor")]
     ceiling_one = [c["updates_per_s"] for (n, _), c in ceilings.items() if n == 1]
     if floors and ceiling_one:
         floor, budget = median(floors), 1000 / (0.5 * median(ceiling_one))  # ms an update may take at 0.5 ×

@@ -86,27 +86,29 @@ class Migrated:
     pg_database: str | None
 
 
-async def _migrate(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
+async def _migrated(sqlite_file: Path) -> Migrated:
+    urls = [f"sqlite+aiosqlite:///{sqlite_file}"]
+    pg_database = None
+    if PG_URL:
+        url, pg_database = await _pg_database()
+        urls.append(url)
+    for url in urls:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+    return Migrated(sqlite_file, pg_database)
 
 
 @pytest.fixture(scope="session")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migrated]:
-    sqlite_file = tmp_path_factory.mktemp("migrated") / "petitions.db"
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{sqlite_file}"))
-    pg_database = None
-    if PG_URL:
-        url, pg_database = asyncio.run(_pg_database())
-        asyncio.run(_migrate(url))
+    made = asyncio.run(_migrated(tmp_path_factory.mktemp("migrated") / "petitions.db"))
     try:
-        yield Migrated(sqlite_file, pg_database)
+        yield made
     finally:
-        if pg_database:
-            asyncio.run(_pg_drop(pg_database))
+        if made.pg_database:
+            asyncio.run(_pg_drop(made.pg_database))
 
 
 @pytest.fixture(params=BACKENDS)
