@@ -68,7 +68,8 @@ def _people(citizens: int, pace: tuple[float, float] | None, dialog: Callable[[P
     """One script per citizen at once, each of :func:`_in_a_row` filings by
     as many citizens, one after another."""
     row = _in_a_row(citizens, pace)
-    return [itertools.chain.from_iterable(dialog(Person(ids, FIRST_CITIZEN + i * row + k)) for k in range(row))
+    # The people are made now: a generator would read ``i`` only once the list is built.
+    return [itertools.chain.from_iterable([dialog(Person(ids, FIRST_CITIZEN + i * row + k)) for k in range(row)])
             for i in range(citizens)]
 
 
