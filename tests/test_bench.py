@@ -1,0 +1,45 @@
+"""The benchmarks still run what they claim to: a few citizens each file a whole
+petition through ``python -m bench.task``, as ``python -m bench`` runs it, and
+every filing ends with its receipt and its case. Nothing here is timed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import BACKENDS, PG_URL
+
+ROOT = Path(__file__).resolve().parent.parent
+CITIZENS = 3
+
+
+async def _task(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One benchmark in its own process, as the bench command runs it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.task", json.dumps(spec), str(out), cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()[-3000:]
+    result: dict[str, Any] = json.loads(await asyncio.to_thread(out.read_text))["result"]
+    return result
+
+
+async def test_each_simulated_citizen_files_a_whole_petition(tmp_path: Path) -> None:
+    specs = [{"kind": "intake", "backend": backend, "citizens": CITIZENS, "pg_url": PG_URL or ""}
+             for backend in BACKENDS]
+    results = await asyncio.gather(*(_task(spec, tmp_path / f"{spec['backend']}.json") for spec in specs))
+    for result in results:
+        check = result["check"]
+        assert (check["receipts_ok"], check["receipts_failed"]) == (CITIZENS, 0), check["failed_examples"]
+        assert check["cases_in_db"] == CITIZENS
+        assert check["processed_updates_in_db"] == result["updates"] == CITIZENS * result["updates_per_filing"]
+        assert result["errors"] == 0, result["first_error"]
+
+    shape = results[0]["shape"]
+    ceiling = await _task({"kind": "ceiling", "citizens": CITIZENS, "shape": shape}, tmp_path / "ceiling.json")
+    assert ceiling["updates"] == CITIZENS * len(shape)
