@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,27 @@ ROOT = Path(__file__).resolve().parent.parent
 CITIZENS = 3
 
 
+#: Seconds a benchmark process may take here (a few on an idle host).
+LIMIT = 300
+
+
 async def _task(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    """One benchmark in its own process, as the bench command runs it."""
+    """One benchmark in its own process, as the bench command runs it; stopped
+    if the test ends first."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.task", json.dumps(spec), str(out), cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    output, _ = await process.communicate()
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), LIMIT)
+    finally:
+        if process.returncode is None:  # Ctrl-C: asyncio.run unwinds, the scratch database is dropped
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
     assert process.returncode == 0, output.decode()[-3000:]
     result: dict[str, Any] = json.loads(await asyncio.to_thread(out.read_text))["result"]
     return result

@@ -143,7 +143,8 @@ class BotProcess:
         with self.log.open("ab") as out:
             out.write(b"\n----- start -----\n")
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", env=self.env, stdout=out, stderr=out)
+                sys.executable, "-m", "bot", "run", env=self.env, stdout=out, stderr=out,
+                cwd=self.log.parent)  # not the checkout: a developer's .env there would apply
 
     @property
     def running(self) -> bool:

@@ -33,7 +33,7 @@ async def test_webhook_checks_the_secret_and_handles_each_update_once(api: FakeB
            "PETITION_WEBHOOK_PORT": str(port)}
     log = (tmp_path / "bot.log").open("wb")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", "--webhook", env=env,
-                                                stdout=log, stderr=log)
+                                                stdout=log, stderr=log, cwd=tmp_path)
     try:
         await wait_for_port(port)
         assert "setWebhook" in api.calls
