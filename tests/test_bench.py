@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -26,8 +25,7 @@ async def _task(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     """One benchmark in its own process, as the bench command runs it; stopped
     if the test ends first."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.task", json.dumps(spec), str(out), cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "bench.task", json.dumps(spec), str(out), cwd=ROOT,  # -m finds bench/ there
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         output, _ = await asyncio.wait_for(process.communicate(), LIMIT)

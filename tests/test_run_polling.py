@@ -75,13 +75,13 @@ class BotProcess:
                     "PETITION_LOG_LEVEL": "INFO"}
         self.env.pop("PETITION_STAFF_CHAT_ID", None)
         self.log = tmp / "bot.log"
-        self.cwd = tmp  # not the checkout: a developer's .env there would apply
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "run", env=self.env, stdout=log, stderr=log, cwd=self.cwd)
+                sys.executable, "-m", "bot", "run", env=self.env, stdout=log, stderr=log,
+                cwd=self.log.parent)  # not the checkout: a developer's .env there would apply
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None

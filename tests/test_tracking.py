@@ -208,9 +208,10 @@ def test_dummy_hash_uses_current_parameters() -> None:
 async def _until_ready(codes: QueryCodes, count: int, limit: float = 60.0) -> None:
     """Until ``count`` codes wait. The maker thread runs only on CPU time nothing
     else wants (SCHED_IDLE), which with the suite on every core can be little."""
-    deadline = asyncio.get_running_loop().time() + limit
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
     while len(codes) < count:
-        if asyncio.get_running_loop().time() > deadline:
+        if loop.time() > deadline:
             raise AssertionError(f"{len(codes)} codes ready, {count} expected")
         await asyncio.sleep(0.01)
 
