@@ -27,6 +27,7 @@ from dialogs.tracking import burn_verify, parse_tracking_number, verify_query_co
 from dialogs.validators import clean_text
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, PRIORITY_STAFF, Button, enqueue
+from handoff.privacy import set_status
 from state_machine.case import TERMINAL_VALUES, WITHDRAWABLE, Action, Status, next_status
 from storage.models import Attachment, Case, CaseEvent, LookupFailure, Rating
 
@@ -213,7 +214,8 @@ class FollowUpService:
     async def withdraw(self, session: AsyncSession, case: Case, reason: str | None, now: datetime) -> None:
         new = next_status(case.status, Action.WITHDRAW, actor="citizen")
         assert new is not None, "checked by can_withdraw in the same transaction"
-        case.status, case.withdrawn_at = new, now
+        set_status(case, new, now)
+        case.withdrawn_at = now
         session.add(CaseEvent(case_id=case.id, at=now, actor_kind="citizen", actor_id=case.citizen_user_id,
                               action="withdraw", status=new, note=reason))
         if self.clocks is not None:
@@ -236,7 +238,7 @@ class FollowUpService:
         action = Action.REQUEST_REVIEW if stage == "review" else Action.REQUEST_REREVIEW
         new = next_status(case.status, action, actor="citizen")
         assert new is not None
-        case.status = new
+        set_status(case, new, now)
         if stage == "review":
             case.review_requested_at = now
             days = self.bureau.time_limits.review_days

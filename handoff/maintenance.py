@@ -19,7 +19,8 @@ from dialogs.i18n import t
 from handoff.clocks import Clocks
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
-from handoff.privacy import purge
+from handoff.privacy import BATCH as PURGE_BATCH
+from handoff.privacy import purge, set_status
 from state_machine.case import Action, next_status
 from storage.models import Case, CaseEvent, Rating
 from storage.repositories import forget_updates_before
@@ -40,12 +41,14 @@ class Maintenance:
     wakeup: Wakeup | None = None
     interval: float = 60.0
     clocks: Clocks | None = None
-    #: Erase personal data of cases ended this many days ago (0: never), once a day.
+    #: Erase personal data of cases ended this many days ago (0: never): up
+    #: to a batch each tick (``handoff.privacy.purge``), so a backlog (retention
+    #: just turned on, a busy day) is caught up within minutes, not days.
     retention_days: int = 0
+    purge_batch: int = PURGE_BATCH
     #: More work for each tick, after its transaction, each failing on its own
     #: (the bot adds sending again the replies Telegram did not take).
     jobs: list[Callable[[datetime], Awaitable[object]]] = field(default_factory=list)
-    _last_purge: datetime | None = None
     _last_optimize: datetime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -75,9 +78,8 @@ class Maintenance:
                     # and sampled (storage.db.ANALYSIS_LIMIT) that is still a few ms.
                     await session.execute(text("PRAGMA optimize"))
                     self._last_optimize = now
-                if self.retention_days and (self._last_purge is None or now - self._last_purge >= timedelta(days=1)):
-                    await purge(session, now, self.retention_days)
-                    self._last_purge = now
+                if self.retention_days:
+                    await purge(session, now, self.retention_days, self.purge_batch)
             if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
                 self.wakeup.set()
         if expired or closed:
@@ -110,7 +112,8 @@ class Maintenance:
             if new is None:
                 continue
             stage = "review" if case.status == "review_window" else "rereview"
-            case.status, case.closed_at = new, now
+            set_status(case, new, now)
+            case.closed_at = now
             session.add(CaseEvent(case_id=case.id, at=now, actor_kind="system", actor_id=None,
                                   action=Action.EXPIRE_WINDOW.value, status=new, note=None, detail={"stage": stage}))
             if self.clocks is not None:

@@ -27,6 +27,7 @@ from dialogs.tracking import parse_tracking_number
 from dialogs.validators import clean_text
 from handoff.deadlines import BUREAU_TZ
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, PRIORITY_STAFF, Button, enqueue
+from handoff.privacy import set_status
 from state_machine.case import TERMINAL, Action, Status, allowed_actions, next_status
 from storage.models import Attachment, Case, CaseClock, CaseEvent, Staff, StaffPrompt
 
@@ -246,7 +247,7 @@ class StaffService:
             case.decision_delivered_at = now
         else:
             case.review_delivered_at = now
-        case.status = new
+        set_status(case, new, now)
         if self.clocks is not None:
             await self.clocks.on_event(session, case, action.value, now)
         if action is Action.DELIVER_DECISION and self.followup is not None:
@@ -421,7 +422,7 @@ class StaffService:
             notice["decision"] = t(case.locale, f"decision.{params['o']}")
         if action is Action.CLOSE:
             case.closed_at = now
-        case.status = new
+        set_status(case, new, now)
         if self.clocks is not None:
             await self.clocks.on_event(session, case, action.value, now)
         if self.followup is not None:

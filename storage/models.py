@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    and_,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -141,6 +142,9 @@ class Case(Base):
     id_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     #: When retention erased the personal data (statistics keep working).
     anonymised_at: Mapped[datetime | None]
+    #: When the case reached a terminal status (its retention period starts
+    #: there, or at a later event: ``handoff.privacy.purge``).
+    ended_at: Mapped[datetime | None]
     address: Mapped[str] = mapped_column(Text)
     publish: Mapped[bool] = mapped_column(Boolean, default=False)
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -214,6 +218,13 @@ CLOCK_STARTS = ("routed_at", "unit_received_at", "acceptance_notice_at", "review
 for _name in CLOCK_STARTS:
     _column = Case.__table__.c[_name]
     Index(f"ix_cases_{_name}", _column, **_only_rows(_column.is_not(None)))
+
+
+#: The ended cases whose personal data retention has not erased yet, by when
+#: they ended: the purge reads the oldest of them, whatever the history's size.
+#: Partial: a case enters it when it ends and leaves it when it is erased.
+Index("ix_cases_ended_at", Case.ended_at,
+      **_only_rows(and_(Case.anonymised_at.is_(None), Case.ended_at.is_not(None))))
 
 
 class Attachment(Base):

@@ -475,6 +475,7 @@ async def test_withdrawing_with_a_reason_tells_the_staff_and_refreshes_the_card(
     assert "已撤回" in done and tracking in done
     case = await _case(app, tracking)
     assert case.status == "withdrawn" and case.withdrawn_at is not None
+    assert case.ended_at == case.withdrawn_at  # its retention period starts
     [event] = [e for e in await _events(app, tracking) if e.action == "withdraw"]
     assert (event.actor_kind, event.note) == ("citizen", "公司已经把工资补发了")
     await app.deliver()
@@ -753,7 +754,7 @@ async def test_review_then_rereview_ends_final_and_the_same_matter_filed_again_i
     await app.deliver()
     assert any("申请复核" in s and "证人证言" in s for s in _staff_said(app))
     case = await _staff_does(app, tracking, "decide_rereview", "o=uphold", text="经复核，维持复查意见")
-    assert case.status == "final"
+    assert case.status == "final" and case.ended_at == case.decision_issued_at
     assert "终结意见" in citizen.last_text
     answer = await _status(citizen, tracking, code)
     assert "<b>当前状态：</b>已复核终结" in answer and "作出复核意见：维持原意见（经复核，维持复查意见）" in answer
@@ -800,7 +801,7 @@ async def test_an_unused_review_window_is_closed_with_a_notice(app: App) -> None
     await app.maintenance.tick()
     await app.deliver()
     case = await _case(app, tracking)
-    assert case.status == "closed" and case.closed_at is not None
+    assert case.status == "closed" and case.closed_at is not None and case.ended_at == case.closed_at
     assert "申请复查的期限已届满" in citizen.last_text and tracking in citizen.last_text
     [event] = [e for e in await _events(app, tracking) if e.action == "expire_window"]
     assert (event.actor_kind, event.detail) == ("system", {"stage": "review"})

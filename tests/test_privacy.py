@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handoff.privacy import purge, rotate_keys
 from storage import crypto
 from storage.models import Attachment, Case, CaseEvent
+from storage.db import downgrade, migrate
 from storage.repositories import record_updates, unsent_replies
-from tests.conftest import TEST_DATA_KEY, App
+from tests.conftest import STAFF_CHAT, TEST_DATA_KEY, App
 from tests.flows import VALID_ID, file_petition, to_title
-from tests.test_handoff_e2e import ADMIN, _act
+from tests.test_handoff_e2e import ADMIN, _act, _press
 
 
 async def test_phone_id_and_the_filing_in_progress_are_not_stored_in_clear(app: App) -> None:
@@ -151,6 +153,81 @@ async def test_retention_erases_personal_data_of_ended_cases_and_keeps_statistic
     assert attachments == []
     async with app.sessionmaker() as session, session.begin():
         assert await purge(session, app.clock() + timedelta(days=1), 365) == 0
+
+
+async def _closed(app: App, user_id: int) -> str:
+    """A petition filed by ``user_id`` and closed by staff at once; its tracking number."""
+    tracking, _ = await file_petition(app.sim.citizen(user_id), phone=f"139{user_id:08d}")
+    await app.deliver()
+    for action, arg, text in (("register", "", None), ("redirect", "c=litigation", "请向法院起诉"), ("close", "", None)):
+        await _press_on(app, tracking, action, arg)
+        if text is not None:
+            await app.sim.staff(ADMIN, STAFF_CHAT).send(text)
+        await app.deliver()
+    return tracking
+
+
+async def _press_on(app: App, tracking: str, action: str, arg: str = "") -> None:
+    async with app.sessionmaker() as session:
+        case = (await session.scalars(select(Case).where(Case.tracking_number == tracking))).one()
+    await _press(app, ADMIN, case, action, arg)
+
+
+async def _erased(app: App) -> list[str]:
+    async with app.sessionmaker() as session:
+        return list(await session.scalars(select(Case.tracking_number).where(Case.anonymised_at.is_not(None))
+                                          .order_by(Case.id)))
+
+
+async def test_the_tick_erases_a_backlog_a_batch_at_a_time_oldest_first(app: App) -> None:
+    """Retention turned on over years of ended cases: every tick takes a
+    batch, so the backlog is gone within minutes (it was a batch a day)."""
+    first = await _closed(app, 11)
+    app.clock.advance(days=1)
+    second = await _closed(app, 12)
+    app.clock.advance(days=1)
+    third = await _closed(app, 13)
+    async with app.sessionmaker() as session:
+        ended = {c.tracking_number: c.ended_at for c in await session.scalars(select(Case))}
+    assert all(ended.values()) and ended[first] < ended[second] < ended[third]
+    app.clock.advance(days=400)
+    app.maintenance.retention_days, app.maintenance.purge_batch = 365, 2
+    await app.maintenance.tick()
+    assert await _erased(app) == [first, second]
+    app.clock.advance(minutes=1)
+    await app.maintenance.tick()
+    assert await _erased(app) == [first, second, third]
+
+
+async def test_a_case_with_an_event_after_it_ended_is_kept_until_that_event_is_old(app: App) -> None:
+    tracking = await _closed(app, 11)
+    app.clock.advance(days=300)
+    async with app.sessionmaker() as session, session.begin():
+        case = (await session.scalars(select(Case))).one()
+        session.add(CaseEvent(case_id=case.id, at=app.clock(), actor_kind="citizen", actor_id=11,
+                              action="message", status=case.status, note="还有一件事"))
+    app.clock.advance(days=100)  # 400 days after the end, 100 after the last event
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock(), 365) == 0
+    app.clock.advance(days=300)
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock(), 365) == 1
+    assert await _erased(app) == [tracking]
+
+
+async def test_upgrading_dates_the_end_of_cases_already_ended_by_their_last_event(app: App, db: AsyncEngine) -> None:
+    closed = await _closed(app, 11)
+    still_open, _ = await file_petition(app.sim.citizen(12), phone="13900000012")
+    await downgrade(db, "0003")  # a database from before cases kept when they ended
+    await migrate(db)
+    async with app.sessionmaker() as session:
+        cases = {c.tracking_number: c for c in await session.scalars(select(Case))}
+        last = await session.scalar(select(func.max(CaseEvent.at)).where(CaseEvent.case_id == cases[closed].id))
+    assert last is not None and cases[closed].ended_at == last and cases[still_open].ended_at is None
+    app.clock.advance(days=400)
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock(), 365) == 1
+    assert await _erased(app) == [closed]
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
