@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handoff.privacy import purge, rotate_keys
 from storage import crypto
-from storage.models import Attachment, Case, CaseEvent
 from storage.db import downgrade, migrate
+from storage.models import Attachment, Case, CaseEvent
 from storage.repositories import record_updates, unsent_replies
 from tests.conftest import STAFF_CHAT, TEST_DATA_KEY, App
 from tests.flows import VALID_ID, file_petition, to_title
@@ -159,10 +159,11 @@ async def _closed(app: App, user_id: int) -> str:
     """A petition filed by ``user_id`` and closed by staff at once; its tracking number."""
     tracking, _ = await file_petition(app.sim.citizen(user_id), phone=f"139{user_id:08d}")
     await app.deliver()
-    for action, arg, text in (("register", "", None), ("redirect", "c=litigation", "请向法院起诉"), ("close", "", None)):
+    for action, arg, prompt in (("register", "", None), ("redirect", "c=litigation", "请向法院起诉"),
+                                ("close", "", None)):
         await _press_on(app, tracking, action, arg)
-        if text is not None:
-            await app.sim.staff(ADMIN, STAFF_CHAT).send(text)
+        if prompt is not None:
+            await app.sim.staff(ADMIN, STAFF_CHAT).send(prompt)
         await app.deliver()
     return tracking
 
