@@ -160,6 +160,20 @@ def _stack_bound(step_ms: float, ceiling_rate: float, budget_ms: float) -> str:
             f"such a step would reach at most **{best:.2f} ×** the ceiling with one citizen.")
 
 
+def _purge_cell(level: dict[str, Any]) -> str:
+    """The purge's batch at one size: p50 / max ms and the counts erased (– for older results)."""
+    if "purge_ms" not in level:
+        return "–"
+    erased = ", ".join(f"{n:,}" for n in sorted(set(level["purge_erased"])))
+    return f"{_f(level['purge_p50_ms'])} / {_f(max(level['purge_ms']))} ({erased})"
+
+
+def _idle_cell(level: dict[str, Any]) -> str:
+    if "purge_idle_ms" not in level:
+        return "–"
+    return f"{_f(level['purge_idle_p50_ms'])} / {_f(max(level['purge_idle_ms']))}"
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     out: list[str] = []
@@ -294,19 +308,25 @@ def render(report: dict[str, Any]) -> str:
     # 2b. upkeep ------------------------------------------------------------------------------
     upkeep = _results(report, "upkeep")
     if upkeep:
-        out.append("#### 2b. Under the write lock as the history grows: the maintenance tick and /stats\n")
+        out.append("#### 2b. Under the write lock as the history grows: the maintenance tick, /stats and "
+                   "the retention purge\n")
         rows, notes = [], []
         for r in upkeep:
             for lv in r["levels"]:
                 rows.append([r["backend"], f"{lv['cases']:,}", f"{lv['ratings']:,}", f"{lv['updates_kept']:,}",
                              lv["fill_seconds"], f"{_f(lv['tick_p50_ms'])} / {_f(max(lv['tick_ms']))}",
-                             f"{_f(lv['stats_p50_ms'])} / {_f(max(lv['stats_ms']))}", lv["received_this_month"]])
+                             f"{_f(lv['stats_p50_ms'])} / {_f(max(lv['stats_ms']))}",
+                             _purge_cell(lv), _idle_cell(lv), lv["received_this_month"]])
             first, last = r["levels"][0], r["levels"][-1]
+            purge = (f", the purge's batch {last['purge_p50_ms'] / first['purge_p50_ms']:.2f}"
+                     if "purge_p50_ms" in first else "")
             notes.append(f"{r['backend']}: at {last['cases']:,} / at {first['cases']:,} cases, the tick "
                          f"{last['tick_p50_ms'] / first['tick_p50_ms']:.2f}, /stats "
-                         f"{last['stats_p50_ms'] / first['stats_p50_ms']:.2f}; errors {r['errors']}")
+                         f"{last['stats_p50_ms'] / first['stats_p50_ms']:.2f}{purge}; errors {r['errors']}")
         out.append(_table(["backend", "cases of history", "ratings", "update ids kept", "fill and age s",
-                           "tick p50 / max ms", "/stats this month p50 / max ms", "cases this month"], rows))
+                           "tick p50 / max ms", "/stats this month p50 / max ms",
+                           "purge, a batch of a backlog: p50 / max ms (erased each)",
+                           "purge, nothing due: p50 / max ms", "cases this month"], rows))
         out.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 
     # 3. burst -------------------------------------------------------------------------------

@@ -1,18 +1,22 @@
 """Benchmark 2b: what runs in a write transaction as the history grows.
 
 On SQLite a write transaction holds the database's one write lock, so while it
-runs no citizen's step commits. Two such transactions read old rows:
+runs no citizen's step commits. Three such transactions read old rows:
 
 * the maintenance tick, every minute: expiring rating invitations, closing
   review windows, statutory reminders, forgetting old update ids, and sending
   again the replies not known to be sent (``bot.app.create_maintenance``);
 * ``/stats`` for this month, in a staff member's update (``handoff.kpi.compute``,
-  the same call).
+  the same call);
+* the retention purge (``handoff.privacy.purge``, part of the tick when
+  ``PETITION_RETENTION_DAYS`` is set): a batch of a backlog (retention just
+  turned on over years of ended cases), and the every-minute call once nothing
+  is due.
 
 The history is the status benchmark's cloned cases (:mod:`bench.fill`), moved
 into the past: each case 105 days to five years old, with its timeline, routed,
-received by a unit and accepted (nine in ten), a review asked for one in fifty,
-and two rating invitations, rated long ago. The update ids of a busy day are
+received by a unit, accepted and closed 60 days after submission (nine in ten),
+a review asked for one in fifty, and two rating invitations, rated long ago. The update ids of a busy day are
 kept as the bot keeps them (replies sent). This month holds only the one real
 filing, so whatever grows with the table is the history's cost, not the
 period's. Each is timed as a whole, several times, at each size.
@@ -34,12 +38,16 @@ from bot.app import create_maintenance
 from dialogs.engine import utcnow
 from handoff.deadlines import BUREAU_TZ
 from handoff.kpi import compute
+from handoff.privacy import purge
 
 log = logging.getLogger(__name__)
 
 #: How far back the history reaches: from 105 days (so that its latest step, a
 #: review asked for 70 days after submission, falls before this month) to five years.
 NEWEST_DAYS, SPAN_DAYS = 105, 1825
+#: The retention period the purge is timed with: three quarters of the ended
+#: cases are past it, a backlog at every size. Nothing is past the second.
+RETENTION_DAYS, RETENTION_NOTHING_DUE = 365, 3650
 
 
 def _days_ago(backend: str, column: str, days: str) -> str:
@@ -67,6 +75,8 @@ async def age(table: Table, first_id: int) -> None:
         f"acceptance_notice_at = {after(backend, 'submitted_at', 9)} WHERE id >= :first AND id % 10 <> 0",
         f"UPDATE cases SET review_requested_at = {after(backend, 'submitted_at', 70)} "
         "WHERE id >= :first AND id % 50 = 0",
+        f"UPDATE cases SET status = 'closed', closed_at = {after(backend, 'submitted_at', 60)}, "
+        f"ended_at = {after(backend, 'submitted_at', 60)} WHERE id >= :first AND id % 10 <> 0",
         f"UPDATE case_events SET at = {_days_ago(backend, 'at', f'{NEWEST_DAYS} + case_id % {SPAN_DAYS}')} "
         "WHERE case_id >= :first",
         *(f"INSERT INTO ratings (case_id, stage, invited_at, expires_at, status) "
@@ -90,6 +100,15 @@ async def keep_updates(table: Table, count: int) -> None:
                                    rows[start:start + 20_000])
 
 
+async def _purge(app: Any, days: int) -> tuple[float, int]:
+    """One call of the retention purge in its own transaction, as the tick
+    makes it (its batch, its commit): seconds, and cases erased."""
+    started = time.perf_counter()
+    async with app.sessionmaker() as session, session.begin():
+        erased = await purge(session, utcnow(), days)
+    return time.perf_counter() - started, erased
+
+
 async def run_upkeep(backend: str, sizes: list[int], updates: int, pg_url: str, repeats: int = 5) -> dict[str, Any]:
     errors_before = ERRORS.count
     async with scratch_database(backend, pg_url) as url:
@@ -107,7 +126,8 @@ async def run_upkeep(backend: str, sizes: list[int], updates: int, pg_url: str, 
                 await age(table, max(first_id, 2))  # case 1 is the real filing, this month's
                 fill_seconds = time.perf_counter() - started
                 await maintenance.tick()  # once untimed: the first run plans and warms the cache
-                ticks, reports = [], []
+                ticks, reports, purges, idle, erased = [], [], [], [], []
+                await _purge(app, RETENTION_NOTHING_DUE)  # once untimed, as the tick
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     await maintenance.tick()
@@ -117,12 +137,21 @@ async def run_upkeep(backend: str, sizes: list[int], updates: int, pg_url: str, 
                         report = await compute(session, app.bureau, start=today.replace(day=1), end=today,
                                                now=utcnow())
                         reports.append((time.perf_counter() - t0) * 1e3)
+                    seconds, count = await _purge(app, RETENTION_DAYS)
+                    purges.append(seconds * 1e3)
+                    erased.append(count)
+                    seconds, count = await _purge(app, RETENTION_NOTHING_DUE)
+                    assert count == 0, count
+                    idle.append(seconds * 1e3)
                 levels.append({"cases": size, "ratings": 2 * size, "updates_kept": updates,
                                "fill_seconds": fill_seconds, "tick_ms": ticks, "stats_ms": reports,
                                "tick_p50_ms": statistics.median(ticks), "stats_p50_ms": statistics.median(reports),
+                               "purge_ms": purges, "purge_p50_ms": statistics.median(purges), "purge_erased": erased,
+                               "purge_idle_ms": idle, "purge_idle_p50_ms": statistics.median(idle),
                                "received_this_month": report.summary.received})
-                log.warning("upkeep %s %s: tick %.1f ms, /stats %.1f ms", backend, size,
-                            statistics.median(ticks), statistics.median(reports))
+                log.warning("upkeep %s %s: tick %.1f ms, /stats %.1f ms, purge %.1f ms (%s erased), idle %.1f ms",
+                            backend, size, statistics.median(ticks), statistics.median(reports),
+                            statistics.median(purges), erased, statistics.median(idle))
         finally:
             await app.close()
     return {"backend": backend, "levels": levels, "errors": ERRORS.count - errors_before}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import flag_modified
@@ -80,21 +80,28 @@ async def purge(session: AsyncSession, now: datetime, older_than_days: int, limi
     (``ix_cases_ended_at``), so its cost is the batch's, not the history's;
     ``ended_at`` is set only as a case ends (:func:`set_status`; terminal
     statuses are final), so the status is not asked for again: SQLite took
-    its index, every case ever ended, for a condition on it."""
+    its index, every case ever ended, for a condition on it. The batch is
+    written in three statements, not a few per case (a batch of 500 took
+    150–250 ms under the write lock as objects of the unit of work); objects
+    of these cases already in ``session`` are not updated."""
     cutoff = now - timedelta(days=older_than_days)
     later = select(CaseEvent.id).where(CaseEvent.case_id == Case.id, CaseEvent.at >= cutoff)
-    cases = (await session.scalars(
-        select(Case)
+    due = (await session.execute(
+        select(Case.id, Case.status)
         .where(Case.anonymised_at.is_(None), Case.ended_at.is_not(None), Case.ended_at < cutoff, ~later.exists())
         .order_by(Case.ended_at).limit(limit))).all()
-    if cases:
-        await session.execute(delete(Attachment).where(Attachment.case_id.in_([case.id for case in cases])))
-    for case in cases:
-        case.name, case.phone, case.id_number, case.address = ERASED, ERASED, None, ERASED
-        case.accused, case.phone_hash, case.id_hash = None, None, None
-        case.anonymised_at = now
-        session.add(CaseEvent(case_id=case.id, at=now, actor_kind="system", actor_id=None, action="anonymised",
-                              status=case.status, note=f"personal data erased after {older_than_days} days"))
-    if cases:
-        log.info("retention: personal data of %s cases erased", len(cases))
-    return len(cases)
+    if not due:
+        return 0
+    ids = [case_id for case_id, _ in due]
+    await session.execute(delete(Attachment).where(Attachment.case_id.in_(ids)))
+    await session.execute(
+        update(Case).where(Case.id.in_(ids))
+        .values(name=ERASED, phone=ERASED, id_number=None, address=ERASED, accused=None, phone_hash=None,
+                id_hash=None, anonymised_at=now, version=Case.version + 1)  # a card shown before is stale
+        .execution_options(synchronize_session=False))
+    note = f"personal data erased after {older_than_days} days"
+    await session.execute(insert(CaseEvent), [
+        {"case_id": case_id, "at": now, "actor_kind": "system", "actor_id": None, "action": "anonymised",
+         "status": status, "note": note} for case_id, status in due])
+    log.info("retention: personal data of %s cases erased", len(due))
+    return len(due)

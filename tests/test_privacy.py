@@ -188,16 +188,29 @@ async def test_the_tick_erases_a_backlog_a_batch_at_a_time_oldest_first(app: App
     second = await _closed(app, 12)
     app.clock.advance(days=1)
     third = await _closed(app, 13)
-    async with app.sessionmaker() as session:
-        ended = {c.tracking_number: c.ended_at for c in await session.scalars(select(Case))}
-    assert all(ended.values()) and ended[first] < ended[second] < ended[third]
+    async with app.sessionmaker() as session, session.begin():
+        cases = {c.tracking_number: c for c in await session.scalars(select(Case))}
+        for case in cases.values():  # a photo each, erased with the case
+            session.add(Attachment(case_id=case.id, position=1, kind="photo", file_id=f"f{case.id}",
+                                   file_unique_id=f"u{case.id}"))
+    ended = [cases[t].ended_at for t in (first, second, third)]
+    assert None not in ended and ended == sorted(ended)
     app.clock.advance(days=400)
     app.maintenance.retention_days, app.maintenance.purge_batch = 365, 2
     await app.maintenance.tick()
     assert await _erased(app) == [first, second]
+    async with app.sessionmaker() as session:
+        assert list(await session.scalars(select(Attachment.case_id))) == [cases[third].id]
+        erased = (await session.scalars(select(Case).where(Case.tracking_number == first))).one()
+        events = list(await session.scalars(select(CaseEvent.action).where(CaseEvent.case_id == erased.id)))
+    assert (erased.name, erased.phone, erased.id_number, erased.address) == ("—", "—", None, "—")
+    assert (erased.phone_hash, erased.id_hash, erased.status) == (None, None, "closed")
+    assert erased.version == cases[first].version + 1 and events[-1] == "anonymised"
     app.clock.advance(minutes=1)
     await app.maintenance.tick()
     assert await _erased(app) == [first, second, third]
+    async with app.sessionmaker() as session:
+        assert list(await session.scalars(select(Attachment))) == []
 
 
 async def test_a_case_with_an_event_after_it_ended_is_kept_until_that_event_is_old(app: App) -> None:
