@@ -325,7 +325,7 @@ def render(report: dict[str, Any]) -> str:
                          f"{last['stats_p50_ms'] / first['stats_p50_ms']:.2f}{purge}; errors {r['errors']}")
         out.append(_table(["backend", "cases of history", "ratings", "update ids kept", "fill and age s",
                            "tick p50 / max ms", "/stats this month p50 / max ms",
-                           "purge, a batch of a backlog: p50 / max ms (erased each)",
+                           "purge, the tick's batch of a backlog: p50 / max ms (erased each)",
                            "purge, nothing due: p50 / max ms", "cases this month"], rows))
         out.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
 

@@ -9,9 +9,10 @@ runs no citizen's step commits. Three such transactions read old rows:
 * ``/stats`` for this month, in a staff member's update (``handoff.kpi.compute``,
   the same call);
 * the retention purge (``handoff.privacy.purge``, part of the tick when
-  ``PETITION_RETENTION_DAYS`` is set): a batch of a backlog (retention just
-  turned on over years of ended cases), and the every-minute call once nothing
-  is due.
+  ``PETITION_RETENTION_DAYS`` is set), the tick's batch: over a backlog
+  (retention just turned on over years of ended cases), and the every-minute
+  call once nothing is due. It is timed after the others, its erasures dated
+  the day before this month, so that this month still holds one filing.
 
 The history is the status benchmark's cloned cases (:mod:`bench.fill`), moved
 into the past: each case 105 days to five years old, with its timeline, routed,
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -38,6 +39,7 @@ from bot.app import create_maintenance
 from dialogs.engine import utcnow
 from handoff.deadlines import BUREAU_TZ
 from handoff.kpi import compute
+from handoff.maintenance import PURGE_EACH_TICK
 from handoff.privacy import purge
 
 log = logging.getLogger(__name__)
@@ -100,12 +102,12 @@ async def keep_updates(table: Table, count: int) -> None:
                                    rows[start:start + 20_000])
 
 
-async def _purge(app: Any, days: int) -> tuple[float, int]:
+async def _purge(app: Any, days: int, now: datetime) -> tuple[float, int]:
     """One call of the retention purge in its own transaction, as the tick
     makes it (its batch, its commit): seconds, and cases erased."""
     started = time.perf_counter()
     async with app.sessionmaker() as session, session.begin():
-        erased = await purge(session, utcnow(), days)
+        erased = await purge(session, now, days, PURGE_EACH_TICK)
     return time.perf_counter() - started, erased
 
 
@@ -127,7 +129,6 @@ async def run_upkeep(backend: str, sizes: list[int], updates: int, pg_url: str, 
                 fill_seconds = time.perf_counter() - started
                 await maintenance.tick()  # once untimed: the first run plans and warms the cache
                 ticks, reports, purges, idle, erased = [], [], [], [], []
-                await _purge(app, RETENTION_NOTHING_DUE)  # once untimed, as the tick
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     await maintenance.tick()
@@ -137,10 +138,14 @@ async def run_upkeep(backend: str, sizes: list[int], updates: int, pg_url: str, 
                         report = await compute(session, app.bureau, start=today.replace(day=1), end=today,
                                                now=utcnow())
                         reports.append((time.perf_counter() - t0) * 1e3)
-                    seconds, count = await _purge(app, RETENTION_DAYS)
+                before_this_month = datetime.combine(today.replace(day=1) - timedelta(days=1), datetime.min.time(),
+                                                     BUREAU_TZ)
+                await _purge(app, RETENTION_NOTHING_DUE, before_this_month)  # once untimed, as the tick
+                for _ in range(repeats):
+                    seconds, count = await _purge(app, RETENTION_DAYS, before_this_month)
                     purges.append(seconds * 1e3)
                     erased.append(count)
-                    seconds, count = await _purge(app, RETENTION_NOTHING_DUE)
+                    seconds, count = await _purge(app, RETENTION_NOTHING_DUE, before_this_month)
                     assert count == 0, count
                     idle.append(seconds * 1e3)
                 levels.append({"cases": size, "ratings": 2 * size, "updates_kept": updates,

@@ -19,7 +19,6 @@ from dialogs.i18n import t
 from handoff.clocks import Clocks
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
-from handoff.privacy import BATCH as PURGE_BATCH
 from handoff.privacy import purge, set_status
 from state_machine.case import Action, next_status
 from storage.models import Case, CaseEvent, Rating
@@ -31,6 +30,10 @@ log = logging.getLogger(__name__)
 DEDUPE_KEEP = timedelta(hours=48)
 #: How often SQLite's planner statistics are brought up to date (SQLite advises every few hours).
 OPTIMIZE_EVERY = timedelta(hours=1)
+#: Cases the retention purge erases at most each tick: 144,000 a day. Their
+#: rows are the oldest ended, spread over the table: at a million cases 500
+#: held SQLite's write lock 105–167 ms (docs/BENCHMARKS.md, finding 39).
+PURGE_EACH_TICK = 100
 
 
 @dataclass
@@ -42,10 +45,11 @@ class Maintenance:
     interval: float = 60.0
     clocks: Clocks | None = None
     #: Erase personal data of cases ended this many days ago (0: never): up
-    #: to a batch each tick (``handoff.privacy.purge``), so a backlog (retention
-    #: just turned on, a busy day) is caught up within minutes, not days.
+    #: to ``purge_batch`` each tick (``handoff.privacy.purge``), so a backlog
+    #: (retention just turned on over years of cases) is caught up, not left
+    #: to grow as one batch a day did.
     retention_days: int = 0
-    purge_batch: int = PURGE_BATCH
+    purge_batch: int = PURGE_EACH_TICK
     #: More work for each tick, after its transaction, each failing on its own
     #: (the bot adds sending again the replies Telegram did not take).
     jobs: list[Callable[[datetime], Awaitable[object]]] = field(default_factory=list)
