@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import Session, object_session
 
 from storage.crypto import lookup_hash
 from storage.later import insert_at_commit
@@ -103,9 +103,15 @@ async def record_updates(session: AsyncSession, rows: list[tuple[int, dict[str, 
     """Record a batch's update ids with their replies, in one statement
     (executemany). An id already recorded (a replay, or another process that
     recorded it meanwhile) fails the insert, and with it the batch."""
+    await session.run_sync(record_updates_sync, rows, now)
+
+
+def record_updates_sync(session: Session, rows: list[tuple[int, dict[str, Any] | None]], now: datetime) -> None:
+    """:func:`record_updates` where SQLAlchemy is called without ``await``
+    (inside ``AsyncSession.run_sync``)."""
     if rows:
-        await session.execute(_RECORD, [{"update_id": i, "now": now, "replies": r, "delivered": r is None}
-                                        for i, r in rows])
+        session.execute(_RECORD, [{"update_id": i, "now": now, "replies": r, "delivered": r is None}
+                                  for i, r in rows])
 
 
 async def store_replies(session: AsyncSession, update_id: int, replies: dict[str, Any]) -> None:
