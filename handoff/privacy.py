@@ -89,7 +89,9 @@ async def purge(session: AsyncSession, now: datetime, older_than_days: int, limi
     due = (await session.execute(
         select(Case.id, Case.status)
         .where(Case.anonymised_at.is_(None), Case.ended_at.is_not(None), Case.ended_at < cutoff, ~later.exists())
-        .order_by(Case.ended_at).limit(limit))).all()
+        .order_by(Case.ended_at).limit(limit)
+        # Workers sharing PostgreSQL each run the tick: a case another is erasing is left to it.
+        .with_for_update(skip_locked=True))).all()
     if not due:
         return 0
     ids = [case_id for case_id, _ in due]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
@@ -227,6 +228,23 @@ async def test_a_case_with_an_event_after_it_ended_is_kept_until_that_event_is_o
     async with app.sessionmaker() as session, session.begin():
         assert await purge(session, app.clock(), 365) == 1
     assert await _erased(app) == [tracking]
+
+
+async def test_two_workers_purging_at_once_erase_each_case_once(app: App, db: AsyncEngine) -> None:
+    if db.dialect.name != "postgresql":
+        pytest.skip("one writer at a time on SQLite: the second waits for the first's commit")
+    await _closed(app, 11)
+    await _closed(app, 12)
+    app.clock.advance(days=400)
+    async with app.sessionmaker() as first, first.begin():
+        assert await purge(first, app.clock(), 365) == 2
+        async with app.sessionmaker() as second, second.begin():  # while the first has not committed
+            # Without skipping the first's rows it would wait for them, here for ever.
+            assert await asyncio.wait_for(purge(second, app.clock(), 365), timeout=10) == 0
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock(), 365) == 0
+        events = list(await session.scalars(select(CaseEvent.case_id).where(CaseEvent.action == "anonymised")))
+    assert len(events) == len(set(events)) == 2
 
 
 async def test_upgrading_dates_the_end_of_cases_already_ended_by_their_last_event(app: App, db: AsyncEngine) -> None:
