@@ -17,10 +17,11 @@ runs no citizen's step commits. Three such transactions read old rows:
 The history is the status benchmark's cloned cases (:mod:`bench.fill`), moved
 into the past: each case 105 days to five years old, with its timeline, routed,
 received by a unit, accepted and closed 60 days after submission (nine in ten),
-a review asked for one in fifty, and two rating invitations, rated long ago. The update ids of a busy day are
-kept as the bot keeps them (replies sent). This month holds only the one real
-filing, so whatever grows with the table is the history's cost, not the
-period's. Each is timed as a whole, several times, at each size.
+a review asked for one in fifty, and two rating invitations, rated long ago.
+The update ids of a busy day are kept as the bot keeps them (replies sent).
+This month holds only the one real filing, so whatever grows with the table is
+the history's cost, not the period's. Each is timed as a whole, several times,
+at each size.
 """
 
 from __future__ import annotations

@@ -399,12 +399,12 @@ class Group:
         database, so on SQLite these writes ride along with the commit's trip."""
         rows = [(i, self.to_store.get(i)) for i in self.taken]
 
-        def commit(session: Session) -> None:
+        def record_and_commit(session: Session) -> None:
             session.connection().execution_options(**{WRITES_RIDE_ALONG: True})
             record_updates_sync(session, rows, now)
             _commit_and_close(session)
 
-        await self.session.run_sync(commit)
+        await self.session.run_sync(record_and_commit)
 
 
 def _commit_and_close(session: Session, before_close: Callable[[], None] | None = None) -> None:

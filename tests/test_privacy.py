@@ -20,9 +20,10 @@ from storage import crypto
 from storage.db import downgrade, migrate
 from storage.models import Attachment, Case, CaseEvent
 from storage.repositories import record_updates, unsent_replies
-from tests.conftest import STAFF_CHAT, TEST_DATA_KEY, App
+from tests.conftest import TEST_DATA_KEY, App
 from tests.flows import VALID_ID, file_petition, to_title
-from tests.test_handoff_e2e import ADMIN, _act, _press
+from tests.test_followup_e2e import _staff_does
+from tests.test_handoff_e2e import ADMIN, _act
 
 
 async def test_phone_id_and_the_filing_in_progress_are_not_stored_in_clear(app: App) -> None:
@@ -160,19 +161,10 @@ async def _closed(app: App, user_id: int) -> str:
     """A petition filed by ``user_id`` and closed by staff at once; its tracking number."""
     tracking, _ = await file_petition(app.sim.citizen(user_id), phone=f"139{user_id:08d}")
     await app.deliver()
-    for action, arg, prompt in (("register", "", None), ("redirect", "c=litigation", "请向法院起诉"),
-                                ("close", "", None)):
-        await _press_on(app, tracking, action, arg)
-        if prompt is not None:
-            await app.sim.staff(ADMIN, STAFF_CHAT).send(prompt)
-        await app.deliver()
+    await _staff_does(app, tracking, "register")
+    await _staff_does(app, tracking, "redirect", "c=litigation", text="请向法院起诉")
+    await _staff_does(app, tracking, "close")
     return tracking
-
-
-async def _press_on(app: App, tracking: str, action: str, arg: str = "") -> None:
-    async with app.sessionmaker() as session:
-        case = (await session.scalars(select(Case).where(Case.tracking_number == tracking))).one()
-    await _press(app, ADMIN, case, action, arg)
 
 
 async def _erased(app: App) -> list[str]:

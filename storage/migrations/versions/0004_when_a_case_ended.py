@@ -32,9 +32,9 @@ TERMINAL = ('closed', 'duplicate', 'final', 'not_reaccepted', 'withdrawn')
 _NOT_ERASED = sa.and_(sa.column('anonymised_at').is_(None), sa.column('ended_at').is_not(None))
 
 
+# Plain operations, not Alembic's batch mode: see downgrade().
 def upgrade() -> None:
-    with op.batch_alter_table('cases', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('cases', sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True))
 
     cases = sa.table('cases', sa.column('id'), sa.column('status'), sa.column('anonymised_at'),
                      sa.column('ended_at'))
@@ -44,9 +44,8 @@ def upgrade() -> None:
     op.execute(cases.update().where(cases.c.status.in_(TERMINAL), cases.c.anonymised_at.is_(None))
                .values(ended_at=last_event))
 
-    with op.batch_alter_table('cases', schema=None) as batch_op:
-        batch_op.create_index('ix_cases_ended_at', ['ended_at'], unique=False,
-                              sqlite_where=_NOT_ERASED, postgresql_where=_NOT_ERASED)
+    op.create_index('ix_cases_ended_at', 'cases', ['ended_at'], unique=False,
+                    sqlite_where=_NOT_ERASED, postgresql_where=_NOT_ERASED)
 
 
 def downgrade() -> None:
