@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogs.bureau import BureauConfig
@@ -105,6 +105,15 @@ class FollowUpService:
             row.window_start, row.count = now, 1
         else:
             row.count += 1
+
+    async def forget_ended_windows(self, session: AsyncSession, now: datetime) -> int:
+        """Delete the counts of failed lookups whose window has ended (run by the
+        maintenance tick). They no longer hold anyone back (a failure after
+        the window starts a new one), and each names an account or a
+        tracking number: kept, they piled up for good."""
+        result = await session.execute(delete(LookupFailure)
+                                       .where(LookupFailure.window_start <= now - self.failure_window))
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     # -- the status view ------------------------------------------------------------
 

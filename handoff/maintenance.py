@@ -1,6 +1,7 @@
 """Time-driven changes, run by the database's clock so a restart neither loses
 nor repeats them: expired rating invitations (超期未评价), expired review and
-re-review windows (超期未申请复查 / 复核 → closed), and old dedupe records."""
+re-review windows (超期未申请复查 / 复核 → closed), old dedupe records, and
+counts of failed status lookups whose window ended."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dialogs.bureau import BureauConfig
 from dialogs.i18n import t
 from handoff.clocks import Clocks
 from handoff.deadlines import BUREAU_TZ, due_date
+from handoff.followup import FollowUpService
 from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
 from handoff.privacy import purge, set_status
 from state_machine.case import Action, next_status
@@ -44,6 +46,8 @@ class Maintenance:
     wakeup: Wakeup | None = None
     interval: float = 60.0
     clocks: Clocks | None = None
+    #: Whose counts of failed status lookups are forgotten once their window ends.
+    lookups: FollowUpService | None = None
     #: Erase personal data of cases ended this many days ago (0: never): up
     #: to ``purge_batch`` each tick (``handoff.privacy.purge``), so a backlog
     #: (retention just turned on over years of cases) is caught up, not left
@@ -73,6 +77,8 @@ class Maintenance:
                 if self.clocks is not None:
                     await self.clocks.remind_due(session, now)
                 await forget_updates_before(session, now - DEDUPE_KEEP)
+                if self.lookups is not None:
+                    await self.lookups.forget_ended_windows(session, now)
                 if session.bind is not None and session.bind.dialect.name == "sqlite" and (
                         self._last_optimize is None or now - self._last_optimize >= OPTIMIZE_EVERY):
                     # Keeps SQLite's planner statistics current (it has no autovacuum):

@@ -370,7 +370,8 @@ class LookupFailure(Base):
     __tablename__ = "lookup_failures"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    window_start: Mapped[datetime]
+    #: Indexed for the maintenance tick, which forgets the windows that ended.
+    window_start: Mapped[datetime] = mapped_column(index=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from bot.callbacks import CitizenAction, StaffAction
 from bot.simulator import SimUser
 from dialogs.tracking import ALPHABET, new_tracking_number
-from storage.models import Case, CaseEvent, Rating
+from storage.models import Case, CaseEvent, LookupFailure, Rating
 from tests.conftest import STAFF_CHAT, App
 from tests.flows import CODE, TRACKING, VALID_ID, file_petition
 
@@ -347,6 +347,33 @@ async def test_after_too_many_wrong_codes_for_one_number_from_different_accounts
     assert other in await _status(citizen, other, other_code)
     app.clock.advance(hours=1)
     assert tracking in await _status(citizen, tracking, code)
+
+
+async def test_failed_lookups_are_forgotten_by_the_tick_once_their_window_ends(app: App) -> None:
+    citizen = app.sim.citizen()
+    tracking, code = await file_petition(citizen)
+    guesser = app.sim.citizen(4004)
+    wrong = "2" * 10 if code != "2" * 10 else "3" * 10
+    for _ in range(app.settings.status_max_failures_per_number):
+        await _status(guesser, tracking, wrong)
+
+    async def counted() -> set[str]:
+        async with app.sessionmaker() as session:
+            return set((await session.scalars(select(LookupFailure.key))).all())
+
+    assert await counted() == {f"u:{guesser.user.id}", f"n:{tracking}"}
+    # Within the window the tick keeps them: the number still waits.
+    app.clock.advance(minutes=59)
+    await app.maintenance.tick()
+    assert await counted() == {f"u:{guesser.user.id}", f"n:{tracking}"}
+    assert TOO_MANY in await _status(citizen, tracking, code)
+    # Once it ends, they are gone (they name an account and a number), and nothing changes for anyone.
+    app.clock.advance(minutes=1)
+    await app.maintenance.tick()
+    assert await counted() == set()
+    assert tracking in await _status(citizen, tracking, code)
+    assert NOT_FOUND in await _status(guesser, tracking, wrong)
+    assert await counted() == {f"u:{guesser.user.id}", f"n:{tracking}"}
 
 
 # -- /mycases -------------------------------------------------------------------------------
