@@ -125,7 +125,8 @@ def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSes
     take (started by ``run`` and ``chat``)."""
     settings: Settings = dp["settings"]
     maintenance = Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"],
-                              lookups=dp["followup"], retention_days=settings.retention_days)
+                              lookups=dp["followup"], retention_days=settings.retention_days,
+                              retention_keep_text=settings.retention_keep_text)
     if bot is not None:
         pipeline: UpdatePipeline = dp["pipeline"]
         maintenance.jobs.append(partial(pipeline.resend_unsent, bot))

@@ -177,7 +177,7 @@ async def _purge(settings: Settings, days: int) -> int:
     try:
         while True:
             async with sessionmaker() as session, session.begin():
-                erased = await purge(session, datetime.now(UTC), days)
+                erased = await purge(session, datetime.now(UTC), days, keep_text=settings.retention_keep_text)
             total += erased
             if erased == 0:
                 break

@@ -43,9 +43,13 @@ class Settings(BaseSettings):
     data_keys: str | None = None
     #: Default: next to the SQLite database file (``petitions.db`` → ``petitions.db.key``).
     data_key_file: Path | None = None
-    #: Erase the personal data of cases closed this many days ago (0: never; the
-    #: `purge` command does it, and the background tick does it daily when set).
+    #: Erase the personal data of cases that ended this many days ago (0: never; the
+    #: background tick does it, up to 100 cases a minute, and the `purge` command at once).
     retention_days: int = Field(default=0, ge=0)
+    #: Keep the petition's text, the timeline's notes and rating comments when
+    #: erasing (for an archive that must keep the matter's record): free text
+    #: may name anyone, so by default it is erased too (``handoff.privacy``).
+    retention_keep_text: bool = False
     #: Flood control: at most this many messages and presses per person in the window
     #: (a person filing quickly sends one every few seconds; scripts send far more).
     flood_limit: int = Field(default=120, ge=1)

@@ -53,6 +53,7 @@ class Maintenance:
     #: (retention just turned on over years of cases) is caught up, not left
     #: to grow as one batch a day did.
     retention_days: int = 0
+    retention_keep_text: bool = False
     purge_batch: int = PURGE_EACH_TICK
     #: More work for each tick, after its transaction, each failing on its own
     #: (the bot adds sending again the replies Telegram did not take).
@@ -89,7 +90,8 @@ class Maintenance:
                     await session.execute(text("PRAGMA optimize"))
                     self._last_optimize = now
                 if self.retention_days:
-                    await purge(session, now, self.retention_days, self.purge_batch)
+                    await purge(session, now, self.retention_days, self.purge_batch,
+                                keep_text=self.retention_keep_text)
             if session.info.pop("outbox_dirty", False) and self.wakeup is not None:
                 self.wakeup.set()
         if expired or closed:

@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handoff.privacy import purge, rotate_keys
 from storage import crypto
 from storage.db import downgrade, migrate
-from storage.models import Attachment, Case, CaseEvent
+from storage.models import Attachment, Case, CaseEvent, OutboxMessage, Rating
 from storage.repositories import record_updates, unsent_replies
 from tests.conftest import TEST_DATA_KEY, App
 from tests.flows import VALID_ID, file_petition, to_title
-from tests.test_followup_e2e import _staff_does
+from tests.test_followup_e2e import _accepted, _invitation, _open_from_mycases, _staff_does, _status
 from tests.test_handoff_e2e import ADMIN, _act
 
 
@@ -155,6 +155,89 @@ async def test_retention_erases_personal_data_of_ended_cases_and_keeps_statistic
     assert attachments == []
     async with app.sessionmaker() as session, session.begin():
         assert await purge(session, app.clock() + timedelta(days=1), 365) == 0
+
+
+async def _withdrawn_after_words(app: App) -> tuple[str, str]:
+    """A case accepted, rated with a comment, added to by its petitioner and
+    withdrawn with a reason, every message about it sent: (number, code)."""
+    citizen = app.sim.citizen(21)
+    tracking, code = await file_petition(citizen, title="张三被拖欠工资")
+    await _accepted(app, tracking)
+    buttons = _invitation(citizen)[1]
+    await citizen.press_data(buttons["信访部门：满意"])
+    await citizen.press_data(buttons["承办单位：不满意"])
+    await citizen.send("经办人李四态度差")
+    await _open_from_mycases(citizen, tracking)
+    await citizen.press("➕ 补充材料")
+    await citizen.send("我的工友王五也没拿到工资")
+    await citizen.press("完成")
+    await _open_from_mycases(citizen, tracking)
+    await citizen.press("↩️ 撤回信访事项")
+    await citizen.press("确定撤回")
+    await citizen.send("老板赵六已经补发")
+    await app.deliver()
+    return tracking, code
+
+
+#: What the petitioner wrote in :func:`_withdrawn_after_words`, all of it naming someone.
+WORDS = ("张三被拖欠工资", "李四", "王五", "赵六")
+
+
+async def _kept_words(app: App, tracking: str) -> dict[str, list[str]]:
+    """Where each of :data:`WORDS` is still kept for the case."""
+    async with app.sessionmaker() as session:
+        case = (await session.scalars(select(Case).where(Case.tracking_number == tracking))).one()
+        places = {
+            "case": [case.title, case.request, case.facts, case.reasons, case.occurred or ""],
+            "timeline": [e.note or "" for e in await session.scalars(select(CaseEvent)
+                                                                     .where(CaseEvent.case_id == case.id))],
+            "ratings": [r.comment or "" for r in await session.scalars(select(Rating)
+                                                                       .where(Rating.case_id == case.id))],
+            "outbox": [str(o.payload) for o in await session.scalars(select(OutboxMessage)
+                                                                     .where(OutboxMessage.case_id == case.id))],
+        }
+    return {place: [w for w in WORDS if any(w in value for value in values)] for place, values in places.items()}
+
+
+async def test_retention_erases_the_petitioners_words_wherever_they_were_kept(app: App) -> None:
+    tracking, code = await _withdrawn_after_words(app)
+    before = await _kept_words(app, tracking)
+    assert before["case"] == ["张三被拖欠工资"] and before["ratings"] == ["李四"]
+    assert {"王五", "赵六"} <= set(before["timeline"]) and {"王五", "赵六"} <= set(before["outbox"])
+    app.clock.advance(days=400)
+    app.maintenance.retention_days = 365
+    await app.maintenance.tick()
+    assert await _kept_words(app, tracking) == {"case": [], "timeline": [], "ratings": [], "outbox": []}
+    [rating] = await _ratings_of(app, tracking)
+    assert (rating.bureau_score, rating.unit_score, rating.comment) == ("satisfied", "unsatisfied", None)
+    # The petitioner's status still answers, with what is left: the steps and their dates.
+    answer = await _status(app.sim.citizen(21), tracking, code)
+    assert tracking in answer and "已撤回" in answer and "信访人撤回" in answer
+    assert not any(word in answer for word in WORDS)
+
+
+async def test_a_bureau_may_keep_the_text_of_the_matter_when_erasing(app: App) -> None:
+    tracking, _ = await _withdrawn_after_words(app)
+    app.clock.advance(days=400)
+    app.maintenance.retention_days, app.maintenance.retention_keep_text = 365, True
+    await app.maintenance.tick()
+    kept = await _kept_words(app, tracking)
+    assert kept["case"] == ["张三被拖欠工资"] and kept["ratings"] == ["李四"]
+    assert {"王五", "赵六"} <= set(kept["timeline"])
+    assert kept["outbox"] == []  # copies of messages already sent go whatever the setting
+    case = (await _erased_cases(app))[0]
+    assert (case.tracking_number, case.name, case.phone) == (tracking, "—", "—")
+
+
+async def _ratings_of(app: App, tracking: str) -> list[Rating]:
+    async with app.sessionmaker() as session:
+        return list(await session.scalars(select(Rating).join(Case, Rating.case_id == Case.id)
+                                          .where(Case.tracking_number == tracking)))
+
+
+async def _erased_cases(app: App) -> list[Case]:
+    async with app.sessionmaker() as session:
+        return list(await session.scalars(select(Case).where(Case.anonymised_at.is_not(None))))
 
 
 async def _closed(app: App, user_id: int) -> str:

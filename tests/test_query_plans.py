@@ -29,6 +29,7 @@ from tests.conftest import STAFF_CHAT, App
 from tests.flows import file_petition
 from tests.test_handoff_e2e import _case, _press
 from tests.test_kpi import HUMEN, at
+from tests.test_privacy import _withdrawn_after_words
 from tests.test_report_cli import ADMIN, march
 
 #: Partial indexes: reading one through (or all of it before a time) is reading
@@ -133,6 +134,19 @@ async def test_the_maintenance_tick_reads_no_table_whole(app: App, db: AsyncEngi
     assert any(s.startswith("UPDATE ratings") for s in statements)  # expiring rating invitations
     assert any(s.startswith("SELECT") and "ended_at <" in s for s in statements)  # the retention purge
     assert any(s.startswith("DELETE FROM lookup_failures") for s in statements)  # failed lookups' ended windows
+    await assert_reads_are_bounded(db, statements)
+
+
+async def test_the_retention_purge_reads_only_the_cases_it_erases(app: App, db: AsyncEngine) -> None:
+    await _withdrawn_after_words(app)
+    app.clock.advance(days=400)
+    await a_day_of_updates(app, db)
+    app.maintenance.retention_days = 365
+    with statements_of(db) as seen:
+        await app.maintenance.tick()
+    statements = dict(seen)
+    for table in ("cases", "case_events", "ratings", "outbox"):
+        assert any(s.startswith(f"UPDATE {table} ") for s in statements), table
     await assert_reads_are_bounded(db, statements)
 
 
