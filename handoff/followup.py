@@ -92,7 +92,9 @@ class FollowUpService:
         return await self.view(session, case, locale, now, own=case.citizen_user_id == user_id), case
 
     async def _blocked_for(self, session: AsyncSession, key: str, limit: int, now: datetime) -> timedelta | None:
-        row = await session.get(LookupFailure, key)
+        # Locked on PostgreSQL until the lookup commits: the tick's deletion of an
+        # ended window then waits, and finds the window started again if it failed.
+        row = await session.get(LookupFailure, key, with_for_update=True)
         if row is None or row.window_start + self.failure_window <= now or row.count < limit:
             return None
         return row.window_start + self.failure_window - now
@@ -329,6 +331,10 @@ class FollowUpService:
         rating = await session.get(Rating, rating_id)
         case = await session.get(Case, rating.case_id) if rating is not None else None
         if rating is None or case is None or case.citizen_user_id != user_id or rating.expires_at <= now:
+            return False
+        if case.anonymised_at is not None:
+            # Erased while its rating was still open (a retention shorter than
+            # the rating window): the score counts, new words are not kept.
             return False
         rating.comment = clean_text(text, max_length=500)
         return True

@@ -4,8 +4,8 @@ Retention erases the personal data of cases that ended more than the
 configured number of days ago and keeps what statistics need (dates, status,
 class, category, location, unit, the timeline's actions, ratings' scores).
 Erased: name, phone, ID number, address, the person or unit complained about,
-the attachments, and the copies of the case's messages the outbox kept after
-sending them. Free text may name anyone, so by default it goes too: the
+the attachments, and the copies of the case's messages the outbox kept once
+it was done with them (sent or given up). Free text may name anyone, so by default it goes too: the
 petition's title, request, facts, reasons and when it happened, the notes of
 the timeline (the citizen's messages and reasons, staff's reasons) and rating
 comments; a bureau whose archive must keep the matter's text sets

@@ -248,7 +248,8 @@ class Attachment(Base):
 
 
 class CaseEvent(Base):
-    """The case timeline: append-only (no code path updates or deletes a row)."""
+    """The case timeline: append-only (no code path deletes a row, and only the
+    retention purge updates one: it clears the notes, ``handoff.privacy``)."""
 
     __tablename__ = "case_events"
 

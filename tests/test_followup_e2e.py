@@ -9,12 +9,15 @@ The test clock starts on Monday 2026-03-02, 09:00 China time.
 
 from __future__ import annotations
 
-from datetime import date
+import asyncio
+from datetime import date, timedelta
 from typing import Any
 
+import pytest
 from aiogram.methods import EditMessageText, SendDocument, SendMessage, SendPhoto
 from aiogram.types import InlineKeyboardMarkup
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.callbacks import CitizenAction, StaffAction
 from bot.simulator import SimUser
@@ -374,6 +377,35 @@ async def test_failed_lookups_are_forgotten_by_the_tick_once_their_window_ends(a
     assert tracking in await _status(citizen, tracking, code)
     assert NOT_FOUND in await _status(guesser, tracking, wrong)
     assert await counted() == {f"u:{guesser.user.id}", f"n:{tracking}"}
+
+
+async def test_a_failed_lookup_and_the_tick_forgetting_its_ended_window_do_not_collide(
+        app: App, db: AsyncEngine) -> None:
+    """PostgreSQL, a worker's lookup beside another's tick: the lookup holds the
+    ended window it read until it commits, so the tick's deletion waits and
+    finds it started again; deleted under it, the lookup's count failed."""
+    if db.dialect.name != "postgresql":
+        pytest.skip("one writer at a time on SQLite")
+    lookups = app.maintenance.lookups
+    assert lookups is not None
+    now = app.clock()
+    async with app.sessionmaker() as session, session.begin():
+        session.add(LookupFailure(key="u:4004", window_start=now - timedelta(hours=2), count=3))
+    async with app.sessionmaker() as lookup, lookup.begin():
+        assert await lookups._blocked_for(lookup, "u:4004", 10, now) is None  # its window ended
+
+        async def tick() -> int:
+            async with app.sessionmaker() as session, session.begin():
+                return await lookups.forget_ended_windows(session, now)
+
+        forgetting = asyncio.create_task(tick())
+        await asyncio.sleep(0.3)
+        assert not forgetting.done()  # waits for the lookup
+        await lookups._count_failure(lookup, "u:4004", now)
+    assert await asyncio.wait_for(forgetting, timeout=10) == 0
+    async with app.sessionmaker() as session:
+        row = await session.get(LookupFailure, "u:4004")
+    assert row is not None and (row.window_start, row.count) == (now, 1)
 
 
 # -- /mycases -------------------------------------------------------------------------------

@@ -229,6 +229,28 @@ async def test_a_bureau_may_keep_the_text_of_the_matter_when_erasing(app: App) -
     assert (case.tracking_number, case.name, case.phone) == (tracking, "—", "—")
 
 
+async def test_a_comment_sent_after_the_case_was_erased_is_not_kept(app: App) -> None:
+    """A retention shorter than the rating window: the case is erased while its
+    petitioner is still asked for a comment."""
+    citizen = app.sim.citizen(21)
+    tracking, _ = await file_petition(citizen)
+    await _accepted(app, tracking)
+    buttons = _invitation(citizen)[1]
+    await citizen.press_data(buttons["信访部门：满意"])
+    [ask] = await citizen.press_data(buttons["承办单位：基本满意"])
+    assert "评语" in ask
+    async with app.sessionmaker() as session, session.begin():  # ended since (staff's steps are tested elsewhere)
+        case = (await session.scalars(select(Case).where(Case.tracking_number == tracking))).one()
+        case.status, case.ended_at = "closed", app.clock()
+    app.clock.advance(days=8)
+    async with app.sessionmaker() as session, session.begin():
+        assert await purge(session, app.clock(), 7) == 1
+    [answer] = await citizen.send("经办人李四态度差")
+    assert "评语已记录" not in answer
+    [rating] = await _ratings_of(app, tracking)
+    assert (rating.bureau_score, rating.unit_score, rating.comment) == ("satisfied", "basic", None)
+
+
 async def _ratings_of(app: App, tracking: str) -> list[Rating]:
     async with app.sessionmaker() as session:
         return list(await session.scalars(select(Rating).join(Case, Rating.case_id == Case.id)
