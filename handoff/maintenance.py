@@ -1,7 +1,7 @@
 """Time-driven changes, run by the database's clock so a restart neither loses
 nor repeats them: expired rating invitations (超期未评价), expired review and
-re-review windows (超期未申请复查 / 复核 → closed), old dedupe records, and
-counts of failed status lookups whose window ended."""
+re-review windows (超期未申请复查 / 复核 → closed), old dedupe records, old
+outbox rows done with, and counts of failed status lookups whose window ended."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dialogs.i18n import t
 from handoff.clocks import Clocks
 from handoff.deadlines import BUREAU_TZ, due_date
 from handoff.followup import FollowUpService
-from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue
+from handoff.outbox import PRIORITY_CARD_EDIT, PRIORITY_CITIZEN, Wakeup, enqueue, forget_done_before
 from handoff.privacy import purge, set_status
 from state_machine.case import Action, next_status
 from storage.models import Case, CaseEvent, Rating
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Telegram keeps undelivered updates for 24 hours; keep their ids a while longer.
 DEDUPE_KEEP = timedelta(hours=48)
+#: Outbox rows done with (sent, given up, superseded) are kept this long, for
+#: looking into a delivery, then deleted: each holds the text it sent.
+OUTBOX_KEEP = timedelta(days=30)
 #: How often SQLite's planner statistics are brought up to date (SQLite advises every few hours).
 OPTIMIZE_EVERY = timedelta(hours=1)
 #: Cases the retention purge erases at most each tick: 144,000 a day. Their
@@ -78,6 +81,7 @@ class Maintenance:
                 if self.clocks is not None:
                     await self.clocks.remind_due(session, now)
                 await forget_updates_before(session, now - DEDUPE_KEEP)
+                await forget_done_before(session, now - OUTBOX_KEEP)
                 if self.lookups is not None:
                     await self.lookups.forget_ended_windows(session, now)
                 if session.bind is not None and session.bind.dialect.name == "sqlite" and (

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from handoff.pacer import Pacer
@@ -326,6 +326,20 @@ class OutboxWorker:
             if chat_id != row.chat_id:
                 enqueue(session, kind="text", chat_id=chat_id, now=now, priority=PRIORITY_URGENT,
                         payload={"text": self.alert_text(row)})
+
+
+#: Rows no longer waiting to go out (``pending`` is the only state that leads anywhere).
+DONE = ("sent", "failed", "superseded")
+
+
+async def forget_done_before(session: AsyncSession, cutoff: datetime) -> int:
+    """Delete the rows done with (sent, given up or superseded) whose last
+    attempt was before ``cutoff`` (maintenance tick). Nothing reads a row
+    once it is done, and each kept the text it sent, often a citizen's
+    words, for good. Through ``ix_outbox_due``: only the rows deleted are read."""
+    result = await session.execute(delete(OutboxMessage).where(OutboxMessage.status.in_(DONE),
+                                                               OutboxMessage.next_attempt_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def pending_count(session: AsyncSession) -> int:

@@ -101,6 +101,32 @@ async def test_outbox_survives_a_restart_between_commit_and_send(app: App) -> No
     assert len(cards) == 1 and _staff_calls(app) == []
 
 
+async def test_the_tick_forgets_outbox_rows_a_month_after_they_were_done_with(app: App) -> None:
+    await file_petition(app.sim.citizen())
+    await app.deliver()
+    await _act(app, ADMIN, "register")  # the citizen's notice and the card's refresh
+    await app.deliver()
+    async with app.sessionmaker() as session, session.begin():  # one still trying, its retries spaced out
+        stuck = OutboxMessage(kind="text", chat_id=STAFF_CHAT, payload={"text": "仍在重试"}, priority=50,
+                              status="pending", attempts=5, next_attempt_at=app.clock(), created_at=app.clock())
+        session.add(stuck)
+
+    async def rows() -> dict[int, str]:
+        async with app.sessionmaker() as session:
+            return {r.id: r.status for r in await session.scalars(select(OutboxMessage))}
+
+    done = {i for i, status in (await rows()).items() if status != "pending"}
+    assert len(done) >= 2
+    app.clock.advance(days=29)
+    await app.maintenance.tick()
+    assert done <= set(await rows())  # looked into within the month
+    app.clock.advance(days=2)
+    await app.maintenance.tick()
+    left = await rows()
+    assert not done & set(left)
+    assert left[stuck.id] == "pending"  # not done with: kept, however old
+
+
 async def test_the_whole_path_with_the_citizen_told_at_every_step(app: App) -> None:
     citizen = app.sim.citizen()
     await file_petition(citizen)

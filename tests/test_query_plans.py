@@ -134,6 +134,7 @@ async def test_the_maintenance_tick_reads_no_table_whole(app: App, db: AsyncEngi
     assert any(s.startswith("UPDATE ratings") for s in statements)  # expiring rating invitations
     assert any(s.startswith("SELECT") and "ended_at <" in s for s in statements)  # the retention purge
     assert any(s.startswith("DELETE FROM lookup_failures") for s in statements)  # failed lookups' ended windows
+    assert any(s.startswith("DELETE FROM outbox") for s in statements)  # messages done with a month ago
     await assert_reads_are_bounded(db, statements)
 
 
