@@ -153,7 +153,7 @@ def main() -> int:
         if spec["kind"] == "ceiling":
             spec["shape"] = shape or ["command"] + ["text"] * 10 + ["press"] * 8 + ["confirm"]
         t0 = time.perf_counter()
-        outcome = run_task(spec, context)
+        outcome = {**run_task(spec, context), "origin": f"{info['date']}, code at {info['commit']}"}
         if spec["kind"] == "intake" and "result" in outcome and shape is None:
             shape = outcome["result"]["shape"]
         results.append(outcome)
@@ -166,12 +166,14 @@ def main() -> int:
     earlier = out_dir / f"{mode}.json"
     if only and earlier.exists():  # a part re-run: keep the other parts of the last run of this mode
         previous = json.loads(earlier.read_text())
-        kept = [r for r in previous["results"] if r["spec"]["kind"] not in only]
+        kept = [r for r in _with_origins(previous) if r["spec"]["kind"] not in only]
         results = kept + results
-        origin = previous["machine"].get("partial_origin") or (
-            f"{previous['machine'].get('date', '?')}, code at {previous['machine'].get('commit', '?')}")
-        info["partial_origin"] = origin  # a second part re-run still names where the rest came from
-        info["partial"] = f"{', '.join(sorted(only))} re-run; the rest from the previous {mode} run ({origin})"
+        from_runs: dict[str, set[str]] = {}
+        for r in kept:
+            from_runs.setdefault(r["origin"], set()).add(r["spec"]["kind"])
+        info["partial"] = f"{', '.join(sorted(only))} re-run; " + "; ".join(
+            f"{', '.join(sorted(kinds))} from the {mode} run of {origin}"
+            for origin, kinds in sorted(from_runs.items()))
     report = {"mode": mode, "machine": info, "results": results}
     (out_dir / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
     if args.doc:
@@ -179,6 +181,20 @@ def main() -> int:
         print(f"wrote {args.doc}", file=sys.stderr)
     print(f"done in {info['total_seconds']:.0f} s; results in bench/results/{mode}.json", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
+
+
+def _with_origins(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's results, each naming the run it came from (``origin``):
+    after a part re-run the others come from earlier runs, and a second part
+    re-run must not credit them to the first's. Files from before results
+    named it: the kinds their ``partial`` line says were re-run are theirs,
+    the rest from the run named by ``partial_origin``."""
+    m = report["machine"]
+    own = f"{m.get('date', '?')}, code at {m.get('commit', '?')}"
+    rerun = set(m["partial"].split(" re-run;")[0].split(", ")) if m.get("partial") else None
+    return [r if "origin" in r else
+            {**r, "origin": own if rerun is None or r["spec"]["kind"] in rerun else m.get("partial_origin", own)}
+            for r in report["results"]]
 
 
 def _pg_available(url: str) -> bool:

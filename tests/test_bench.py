@@ -56,3 +56,18 @@ async def test_each_simulated_citizen_files_a_whole_petition(tmp_path: Path) -> 
     shape = results[0]["shape"]
     ceiling = await _task({"kind": "ceiling", "citizens": CITIZENS, "shape": shape}, tmp_path / "ceiling.json")
     assert ceiling["updates"] == CITIZENS * len(shape)
+
+
+def test_a_second_part_re_run_credits_each_kept_result_to_its_own_run() -> None:
+    from bench.__main__ import _with_origins
+
+    def result(kind: str) -> dict[str, Any]:
+        return {"spec": {"kind": kind}}
+
+    # A file from before results named their run: intake re-run at b over a full run at a.
+    older = {"machine": {"date": "day 2", "commit": "b", "partial_origin": "day 1, code at a",
+                         "partial": "intake re-run; the rest from the previous full run (day 1, code at a)"},
+             "results": [result("intake"), result("status")]}
+    assert [r["origin"] for r in _with_origins(older)] == ["day 2, code at b", "day 1, code at a"]
+    named = {"machine": {"date": "day 3", "commit": "c"}, "results": [{**result("upkeep"), "origin": "day 0"}]}
+    assert [r["origin"] for r in _with_origins(named)] == ["day 0"]
