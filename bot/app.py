@@ -120,9 +120,10 @@ def create_dispatcher(settings: Settings, sessionmaker: async_sessionmaker[Async
 
 def create_maintenance(dp: Dispatcher, sessionmaker: async_sessionmaker[AsyncSession],
                        clock: Clock = utcnow, bot: Bot | None = None) -> Maintenance:
-    """Expiring ratings and windows, pruning dedupe records and ended counts of
-    failed lookups, and (given the bot) sending again replies Telegram did not
-    take (started by ``run`` and ``chat``)."""
+    """Expiring ratings and windows, pruning dedupe records, outbox rows done
+    with and ended counts of failed lookups, the retention purge, and (given
+    the bot) sending again replies Telegram did not take (started by ``run``
+    and ``chat``)."""
     settings: Settings = dp["settings"]
     maintenance = Maintenance(sessionmaker, dp["bureau"], clock, dp["outbox_wakeup"], clocks=dp["clocks"],
                               lookups=dp["followup"], retention_days=settings.retention_days,

@@ -330,11 +330,10 @@ class FollowUpService:
     async def comment(self, session: AsyncSession, user_id: int, rating_id: int, text: str, now: datetime) -> bool:
         rating = await session.get(Rating, rating_id)
         case = await session.get(Case, rating.case_id) if rating is not None else None
-        if rating is None or case is None or case.citizen_user_id != user_id or rating.expires_at <= now:
-            return False
-        if case.anonymised_at is not None:
-            # Erased while its rating was still open (a retention shorter than
-            # the rating window): the score counts, new words are not kept.
+        # An erased case (a retention shorter than the rating window) keeps its
+        # scores, not new words.
+        if (rating is None or case is None or case.citizen_user_id != user_id or rating.expires_at <= now
+                or case.anonymised_at is not None):
             return False
         rating.comment = clean_text(text, max_length=500)
         return True

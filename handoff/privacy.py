@@ -5,11 +5,12 @@ configured number of days ago and keeps what statistics need (dates, status,
 class, category, location, unit, the timeline's actions, ratings' scores).
 Erased: name, phone, ID number, address, the person or unit complained about,
 the attachments, and the copies of the case's messages the outbox kept once
-it was done with them (sent or given up). Free text may name anyone, so by default it goes too: the
-petition's title, request, facts, reasons and when it happened, the notes of
-the timeline (the citizen's messages and reasons, staff's reasons) and rating
-comments; a bureau whose archive must keep the matter's text sets
-``PETITION_RETENTION_KEEP_TEXT``. The timeline says when it happened.
+it was done with them (sent or given up). Free text may name anyone, so by
+default it goes too: the petition's title, request, facts, reasons and when
+it happened, the notes of the timeline (the citizen's messages and reasons,
+staff's reasons) and rating comments; a bureau whose archive must keep the
+matter's text sets ``PETITION_RETENTION_KEEP_TEXT``. The timeline says when
+it happened.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import flag_modified
 
+from handoff.outbox import DONE
 from state_machine.case import TERMINAL_VALUES
 from storage.crypto import lookup_hash
 from storage.models import Attachment, Base, Case, CaseEvent, CitizenSession, OutboxMessage, ProcessedUpdate, Rating
@@ -117,9 +119,9 @@ async def purge(session: AsyncSession, now: datetime, older_than_days: int, limi
                               .values(note=None).execution_options(synchronize_session=False))
         await session.execute(update(Rating).where(Rating.case_id.in_(ids), Rating.comment.is_not(None))
                               .values(comment=None).execution_options(synchronize_session=False))
-    # Delivered or given up: nothing reads a row's payload again, and it holds the message's text.
+    # Done with: nothing reads a row's payload again, and it holds the message's text.
     await session.execute(update(OutboxMessage).where(OutboxMessage.case_id.in_(ids),
-                                                      OutboxMessage.status != "pending")
+                                                      OutboxMessage.status.in_(DONE))
                           .values(payload={}).execution_options(synchronize_session=False))
     note = f"personal data erased after {older_than_days} days"
     await session.execute(insert(CaseEvent), [

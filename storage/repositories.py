@@ -98,17 +98,11 @@ async def processed_among(session: AsyncSession, update_ids: Iterable[int]) -> s
     return set(found)
 
 
-async def record_updates(session: AsyncSession, rows: list[tuple[int, dict[str, Any] | None]],
-                         now: datetime) -> None:
-    """Record a batch's update ids with their replies, in one statement
-    (executemany). An id already recorded (a replay, or another process that
-    recorded it meanwhile) fails the insert, and with it the batch."""
-    await session.run_sync(record_updates_sync, rows, now)
-
-
 def record_updates_sync(session: Session, rows: list[tuple[int, dict[str, Any] | None]], now: datetime) -> None:
-    """:func:`record_updates` where SQLAlchemy is called without ``await``
-    (inside ``AsyncSession.run_sync``)."""
+    """Record a batch's update ids with their replies, in one statement
+    (executemany); called inside ``AsyncSession.run_sync``, with the batch's
+    commit. An id already recorded (a replay, or another process that
+    recorded it meanwhile) fails the insert, and with it the batch."""
     if rows:
         session.execute(_RECORD, [{"update_id": i, "now": now, "replies": r, "delivered": r is None}
                                   for i, r in rows])

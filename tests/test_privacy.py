@@ -19,7 +19,7 @@ from handoff.privacy import purge, rotate_keys
 from storage import crypto
 from storage.db import downgrade, migrate
 from storage.models import Attachment, Case, CaseEvent, OutboxMessage, Rating
-from storage.repositories import record_updates, unsent_replies
+from storage.repositories import record_updates_sync, unsent_replies
 from tests.conftest import TEST_DATA_KEY, App
 from tests.flows import VALID_ID, file_petition, to_title
 from tests.test_followup_e2e import _accepted, _invitation, _open_from_mycases, _staff_does, _status
@@ -122,7 +122,7 @@ def test_a_document_reads_back_whoever_wrote_it() -> None:
 
 async def test_rotation_re_writes_replies_still_waiting_to_be_sent(app: App) -> None:
     async with app.sessionmaker() as session, session.begin():
-        await record_updates(session, [(77, {"chat": 5, "messages": [["您好", None]]})], app.clock())
+        await session.run_sync(record_updates_sync, [(77, {"chat": 5, "messages": [["您好", None]]})], app.clock())
     newer = crypto.new_key()
     try:
         crypto.configure([newer, TEST_DATA_KEY])
